@@ -1,0 +1,631 @@
+"""Absolute Zero self-play: the config and the training loop, top to bottom.
+
+One model plays two roles against a Python executor (spec: ../shared/docs/azr-spec.md). Each step,
+for each task type (deduction, abduction, induction):
+  1. propose: batch_size proposer prompts, each showing references sampled from that type's buffer;
+  2. validate the proposals in the executor (buffers.score_proposals);
+  3. learnability: n_solve_samples solver rollouts per valid proposal -> r_propose = 1 - s (eq. 4);
+  4. add valid proposals to the buffer;
+  5. solve: batch_size tasks (this step's new ones first, topped up from the buffer), scored 1/0;
+then TRR++ advantages over the six (type, role) groups (eq. 8) and one AdamW step on all 6 x batch_size
+rollouts. The buffers are seeded first (spec section 9).
+
+Run:  python azr.py                                  (CPU preset + embedded SmolLM2-135M when no GPU)
+      torchrun --nproc_per_node=8 azr.py --model DIR (the paper's settings on a GPU node)
+"""
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+import buffers
+from buffers import ROLES, TASK_TYPES, Rewards, TaskBuffer
+from executor import BANNED_MODULES, Executor
+from model import default_stop_ids, generate, load_model
+from trr import policy_gradient_loss, trr_advantages
+
+
+@dataclass
+class Config:
+    # run
+    model: str = "smollm2-135m"  # HF checkpoint dir (Qwen2/2.5, Qwen3, Llama 3) or the embedded model
+    device: str = "auto"  # auto | cpu | cuda
+    preset: str = "auto"  # auto (cpu when CUDA is absent) | gpu | cpu: the defaults below are the gpu preset
+    out: str = ""  # run directory; default runs/<timestamp>
+    resume: str = ""  # continue the run in this directory
+    seed_from: str = ""  # reuse the seed buffers of another run
+    plot: str = ""  # only plot this run's metrics to a PNG and exit
+    seed: int = 0
+    steps: int = 500
+    checkpoint_every: int = 50
+    samples_per_step: int = 2  # decoded proposals and solutions per group written to samples.jsonl
+    # self-play (spec sections 2, 5, 8, 9)
+    batch_size: int = 64  # rollouts per (task type, role) per step, across all ranks
+    num_references: int = 6  # K
+    n_solve_samples: int = 8  # solver rollouts per valid proposal for learnability
+    seed_size: int = 256
+    seed_max_rounds: int = 20
+    max_prompt_tokens: int = 6144
+    max_response_tokens: int = 8096
+    temperature: float = 1.0
+    top_p: float = 1.0
+    format_penalty: float = -1.0
+    wrong_penalty: float = -0.5
+    # executor (spec sections 4, 7)
+    exec_timeout_s: float = 5.0
+    exec_workers: int = 0  # 0: one per CPU core
+    exec_memory_mb: int = 1024
+    max_output_chars: int = 1000
+    # optimisation (spec section 6)
+    lr: float = 1e-6
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 4  # sequences per forward/backward
+    generation_batch_size: int = 128  # sequences decoded together (bounds the KV cache)
+    activation_checkpointing: bool = True
+    zero: bool = False  # shard AdamW state across ranks (ZeroRedundancyOptimizer)
+
+
+# Sized so `python azr.py` runs real self-play with SmolLM2-135M on a 2-core laptop in ~10 minutes.
+CPU_PRESET = dict(steps=6, checkpoint_every=3, batch_size=2, num_references=2, n_solve_samples=4,
+                  seed_size=6, seed_max_rounds=2, max_prompt_tokens=1024, max_response_tokens=192,
+                  exec_timeout_s=2.0, lr=1e-6, micro_batch_size=4, generation_batch_size=32,
+                  activation_checkpointing=False)
+
+
+def parse_config(argv=None):
+    """Defaults <- preset <- the resumed run's config.json <- explicit CLI flags."""
+    parser = argparse.ArgumentParser(description="Absolute Zero self-play training.")
+    for field in dataclasses.fields(Config):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type=field.type, default=None, metavar=field.name.upper())
+    explicit = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    values = {}
+    if explicit.get("resume"):
+        saved = os.path.join(explicit["resume"], "config.json")
+        if not os.path.isfile(saved):
+            parser.error(f"--resume {explicit['resume']}: no config.json there, not a run directory")
+        with open(saved) as f:
+            values = json.load(f)
+        values["out"] = explicit["resume"]
+    else:
+        preset = explicit.get("preset", "auto")
+        if preset not in ("auto", "gpu", "cpu"):
+            parser.error(f"--preset must be auto, gpu or cpu, not {preset!r}")
+        device = explicit.get("device", "auto")
+        if preset == "cpu" or (preset == "auto" and (device == "cpu" or not torch.cuda.is_available())):
+            values.update(CPU_PRESET)
+    values.update(explicit)
+    return Config(**{k: v for k, v in values.items() if k in Config.__dataclass_fields__})
+
+
+# ----------------------------------------------------------------------------- distributed
+def setup_distributed(cfg):
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; nccl on CUDA, gloo on CPU (spec section 10)."""
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, (dist.get_world_size() if dist.is_initialized() else 1), device
+
+
+def all_gather(obj):
+    """Every rank's `obj`, in rank order (a one-element list when not distributed)."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def my_slice(items, rank, world):
+    return items[rank::world]
+
+
+# ----------------------------------------------------------------------------- sampling
+@dataclass
+class Rollout:
+    """One trained sequence: prompt and sampled response tokens, its group and its reward."""
+    task_type: str
+    role: str
+    prompt_tokens: list
+    response_tokens: list
+    response_text: str
+    reward: float = 0.0
+    format_ok: bool = True
+    valid: bool = True  # proposer: the proposal passed validation
+    solve_rate: float = float("nan")  # proposer: s over the learnability rollouts; solver: 1/0
+
+    @property
+    def group(self):
+        return TASK_TYPES.index(self.task_type) * len(ROLES) + ROLES.index(self.role)
+
+    def summary(self):
+        """What the metrics need, without the tokens (cheap to gather across ranks)."""
+        return {"group": f"{self.task_type}/{self.role}", "reward": self.reward, "format_ok": self.format_ok,
+                "valid": self.valid, "solve_rate": self.solve_rate, "length": len(self.response_tokens)}
+
+
+class Sampler:
+    """Tokenises prompts, decodes in bounded batches with a progress bar, and counts tokens."""
+
+    def __init__(self, model, tokenizer, cfg, device, sample_fn=generate):
+        self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
+        self.sample_fn = sample_fn
+        self.stop_ids = default_stop_ids(tokenizer)
+        self.tokens = 0
+        self.seconds = 0.0
+
+    def encode(self, text):
+        return self.tokenizer(text).input_ids
+
+    def fits(self, prompt_tokens):
+        return len(prompt_tokens) <= self.cfg.max_prompt_tokens
+
+    def __call__(self, prompts, n, seed, desc):
+        """prompts: token-id lists -> for each prompt, n (tokens, text) responses."""
+        start = time.time()
+        per_call = max(1, self.cfg.generation_batch_size // n)
+        results = []
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast, tqdm(total=len(prompts) * n, desc=desc, unit="seq", leave=False) as bar:
+            for i in range(0, len(prompts), per_call):
+                samples = self.sample_fn(self.model, prompts[i:i + per_call], self.cfg.max_response_tokens,
+                                         temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                         stop_ids=self.stop_ids, n=n, seed=seed + i)
+                for group in samples:
+                    results.append([(s.tokens, self.tokenizer.decode(s.tokens, skip_special_tokens=True))
+                                    for s in group])
+                    self.tokens += sum(len(s.tokens) for s in group)
+                bar.update(len(samples) * n)
+        self.seconds += time.time() - start
+        return results
+
+
+def sampling_seed(cfg, step, rank, phase):
+    """Different on every rank and phase, reproducible from (run seed, step)."""
+    return random.Random(f"{cfg.seed}-{step}-{rank}-{phase}").getrandbits(48)
+
+
+# ----------------------------------------------------------------------------- self-play pieces
+def proposer_jobs(buffer_map, task_type, count, rng, sampler, num_references):
+    """`count` proposer prompts for one task type, identical on every rank (shared rng).
+
+    Returns [(references, prompt_tokens)]; a prompt over max_prompt_tokens is re-sampled, never
+    truncated (spec section 3), and dropped after a few tries.
+    """
+    if task_type == "induction":  # one program from the union of the triplet buffers (spec section 2)
+        pool = buffer_map["deduction"].items + buffer_map["abduction"].items
+    jobs = []
+    for _ in range(count):
+        for _attempt in range(4):
+            if task_type == "induction":
+                references = rng.choice(pool)
+            else:
+                references = buffer_map[task_type].sample(num_references, rng)
+            tokens = sampler.encode(buffers.proposer_prompt(task_type, references))
+            if sampler.fits(tokens):
+                jobs.append((references, tokens))
+                break
+    return jobs
+
+
+def propose(task_type, jobs, executor, sampler, seed, rank, world):
+    """Sample and validate this rank's slice of the jobs -> [(job, (tokens, text), Proposal)]."""
+    mine = my_slice(jobs, rank, world)
+    responses = [group[0] for group in sampler([tokens for _, tokens in mine], 1, seed, f"propose {task_type}")]
+    proposals = buffers.score_proposals(executor, task_type, [text for _, text in responses],
+                                        [references for references, _ in mine])
+    return list(zip(mine, responses, proposals))
+
+
+def add_gathered(buffer, tasks_per_rank):
+    """Add every rank's new tasks in rank order so all buffers stay identical; returns them."""
+    tasks = [task for rank_tasks in tasks_per_rank for task in rank_tasks]
+    for task in tasks:
+        buffer.add(task)
+    return tasks
+
+
+def solver_jobs(buffer, new_tasks, task_type, count, rng, sampler):
+    """This step's new valid tasks first, topped up uniformly from the buffer (spec section 8)."""
+    jobs = []
+    candidates = list(new_tasks)
+    for _attempt in range(4 * count + len(new_tasks)):
+        if len(jobs) == count:
+            break
+        if not candidates:
+            candidates = buffer.sample(count - len(jobs), rng)
+        task = candidates.pop(0)
+        tokens = sampler.encode(buffers.solver_prompt(task_type, task))
+        if sampler.fits(tokens):
+            jobs.append((task, tokens))
+    return jobs
+
+
+def estimate_learnability(task_type, proposed, executor, sampler, cfg, seed):
+    """Solve rate s of each valid proposal over n_solve_samples rollouts (not trained on)."""
+    valid = [p.task for _, _, p in proposed if p.valid]
+    if not valid:
+        return {}
+    prompts = [sampler.encode(buffers.solver_prompt(task_type, task)) for task in valid]
+    responses = sampler(prompts, cfg.n_solve_samples, seed, f"learnability {task_type}")
+    tasks = [task for task in valid for _ in range(cfg.n_solve_samples)]
+    texts = [text for group in responses for _, text in group]
+    solutions = buffers.score_solutions(executor, task_type, tasks, texts)
+    n = cfg.n_solve_samples
+    return {id(task): sum(s.correct for s in solutions[i * n:(i + 1) * n]) / n for i, task in enumerate(valid)}
+
+
+def seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log):
+    """Fill the buffers with valid proposals of the base model, no training (spec section 9)."""
+    triplet_types = ("deduction", "abduction")
+    for round_index in range(cfg.seed_max_rounds):
+        if all(len(buffer_map[t]) >= cfg.seed_size for t in triplet_types):
+            break
+        rng = random.Random(f"{cfg.seed}-seed-triplets-{round_index}")
+        new = []
+        for task_type in triplet_types:
+            jobs = proposer_jobs(buffer_map, task_type, cfg.batch_size, rng, sampler, cfg.num_references)
+            seed = sampling_seed(cfg, -1 - round_index, rank, task_type)
+            new += [p.task for _, _, p in propose(task_type, jobs, executor, sampler, seed, rank, world) if p.valid]
+        for task in [task for rank_tasks in all_gather(new) for task in rank_tasks]:
+            for task_type in triplet_types:  # both triplet buffers start from the same seed set
+                if len(buffer_map[task_type]) < cfg.seed_size:
+                    buffer_map[task_type].add(task)
+        log(f"seed round {round_index}: deduction {len(buffer_map['deduction'])}, "
+            f"abduction {len(buffer_map['abduction'])} triplets")
+    for round_index in range(cfg.seed_max_rounds):
+        if len(buffer_map["induction"]) >= cfg.seed_size:
+            break
+        rng = random.Random(f"{cfg.seed}-seed-induction-{round_index}")
+        jobs = proposer_jobs(buffer_map, "induction", cfg.batch_size, rng, sampler, cfg.num_references)
+        seed = sampling_seed(cfg, -1 - round_index, rank, "induction")
+        new = [p.task for _, _, p in propose("induction", jobs, executor, sampler, seed, rank, world) if p.valid]
+        add_gathered(buffer_map["induction"], all_gather(new))
+        log(f"seed round {round_index}: induction {len(buffer_map['induction'])} tasks")
+
+
+def collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world):
+    """Steps 1-7 of spec section 8 for every task type; returns this rank's rollouts and samples."""
+    rewards = Rewards(format_error=cfg.format_penalty, wrong=cfg.wrong_penalty)
+    rng = random.Random(f"{cfg.seed}-step-{step}")  # same on every rank: same references and tasks
+    rollouts, samples = [], []
+    for task_type in TASK_TYPES:
+        jobs = proposer_jobs(buffer_map, task_type, cfg.batch_size, rng, sampler, cfg.num_references)
+        proposed = propose(task_type, jobs, executor, sampler, sampling_seed(cfg, step, rank, f"p-{task_type}"),
+                           rank, world)
+        solve_rates = estimate_learnability(task_type, proposed, executor, sampler, cfg,
+                                            sampling_seed(cfg, step, rank, f"l-{task_type}"))
+        for (_, prompt_tokens), (tokens, text), proposal in proposed:
+            solve_rate = solve_rates.get(id(proposal.task), float("nan"))
+            rollouts.append(Rollout(task_type, "propose", prompt_tokens, tokens, text,
+                                    reward=buffers.proposer_reward(proposal, solve_rate, rewards),
+                                    format_ok=proposal.parsed.ok, valid=proposal.valid, solve_rate=solve_rate))
+        new_tasks = add_gathered(buffer_map[task_type], all_gather([p.task for _, _, p in proposed if p.valid]))
+
+        jobs = my_slice(solver_jobs(buffer_map[task_type], new_tasks, task_type, cfg.batch_size, rng, sampler),
+                        rank, world)
+        responses = [group[0] for group in sampler([tokens for _, tokens in jobs], 1,
+                                                   sampling_seed(cfg, step, rank, f"s-{task_type}"),
+                                                   f"solve {task_type}")]
+        solutions = buffers.score_solutions(executor, task_type, [task for task, _ in jobs],
+                                            [text for _, text in responses], rewards)
+        for (_, prompt_tokens), (tokens, text), solution in zip(jobs, responses, solutions):
+            rollouts.append(Rollout(task_type, "solve", prompt_tokens, tokens, text, reward=solution.reward,
+                                    format_ok=solution.parsed.ok, solve_rate=float(solution.correct)))
+        for role in ROLES:
+            samples += [{"step": step, "task_type": task_type, "role": role, "reward": r.reward,
+                         "response": r.response_text}
+                        for r in [r for r in rollouts if r.task_type == task_type and r.role == role]
+                        [:cfg.samples_per_step]]
+    return rollouts, samples
+
+
+# ----------------------------------------------------------------------------- the update
+class TokenLogprobs(torch.nn.Module):
+    """DDP wraps a module's forward; ours is the chunked per-token log-prob of model.py."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens):
+        return self.model.token_logprobs(tokens)
+
+
+def micro_batch(rollouts, device):
+    """Right-padded prompt+response tokens (B, T) and the response mask over targets (B, T-1)."""
+    length = max(len(r.prompt_tokens) + len(r.response_tokens) for r in rollouts)
+    tokens = torch.zeros(len(rollouts), length, dtype=torch.long)
+    mask = torch.zeros(len(rollouts), length - 1)
+    for row, r in enumerate(rollouts):
+        sequence = r.prompt_tokens + r.response_tokens
+        tokens[row, :len(sequence)] = torch.tensor(sequence)
+        # target t is token t+1, so the response tokens are targets len(prompt)-1 ... len(sequence)-2
+        mask[row, len(r.prompt_tokens) - 1:len(sequence) - 1] = 1
+    return tokens.to(device), mask.to(device)
+
+
+def accumulate_gradients(logprob_module, rollouts, advantages, num_tokens, world, cfg, device):
+    """Backward of the TRR++ loss over micro-batches; the gradient ends as for one big batch.
+
+    DDP averages gradients over ranks, so each rank's loss is multiplied by the world size to turn
+    that average into the sum over ranks that L (divided by the global token count) needs. Only the
+    last micro-batch all-reduces; a rank without rollouts still joins it with a zero-weight pass.
+    """
+    order = sorted(range(len(rollouts)), key=lambda i: len(rollouts[i].prompt_tokens) + len(rollouts[i].response_tokens))
+    batches = [order[i:i + cfg.micro_batch_size] for i in range(0, len(order), cfg.micro_batch_size)] or [[]]
+    is_ddp = isinstance(logprob_module, torch.nn.parallel.DistributedDataParallel)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for index, rows in enumerate(tqdm(batches, desc="update", leave=False)):
+        sync = logprob_module.no_sync() if is_ddp and index < len(batches) - 1 else contextlib.nullcontext()
+        with sync, autocast:
+            if rows:
+                tokens, mask = micro_batch([rollouts[i] for i in rows], device)
+                logprobs = logprob_module(tokens).float()
+                loss = policy_gradient_loss(logprobs, advantages[rows].to(device), mask, num_tokens) * world
+            else:
+                loss = logprob_module(torch.zeros(1, 2, dtype=torch.long, device=device)).sum() * 0.0
+            loss.backward()
+
+
+def policy_update(model, logprob_module, optimizer, rollouts, cfg, world, device):
+    """TRR++ over the step's rollouts from every rank, then one clipped AdamW step."""
+    records = all_gather([(r.reward, r.group, len(r.response_tokens)) for r in rollouts])
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    offset = sum(len(records[i]) for i in range(rank))
+    everything = [record for rank_records in records for record in rank_records]
+    advantages = trr_advantages([r for r, _, _ in everything], [g for _, g, _ in everything])
+    advantages = advantages[offset:offset + len(rollouts)]
+    num_tokens = max(1, sum(n for _, _, n in everything))
+    optimizer.zero_grad(set_to_none=True)
+    accumulate_gradients(logprob_module, rollouts, advantages, num_tokens, world, cfg, device)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return float(grad_norm)
+
+
+# ----------------------------------------------------------------------------- run directory
+def write_json_line(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def group_metrics(summaries):
+    """Per (type, role) group: mean reward, format-error rate, validity, solve rate, length."""
+    metrics = {}
+    for name in [f"{t}/{role}" for t in TASK_TYPES for role in ROLES]:
+        group = [s for s in summaries if s["group"] == name]
+        if not group:
+            continue
+        solve_rates = [s["solve_rate"] for s in group if not math.isnan(s["solve_rate"])]
+        metrics[f"{name}/reward"] = sum(s["reward"] for s in group) / len(group)
+        metrics[f"{name}/format_error_rate"] = sum(not s["format_ok"] for s in group) / len(group)
+        metrics[f"{name}/solve_rate"] = sum(solve_rates) / len(solve_rates) if solve_rates else None
+        metrics[f"{name}/response_length"] = sum(s["length"] for s in group) / len(group)
+        if name.endswith("/propose"):
+            metrics[f"{name}/validity_rate"] = sum(s["valid"] for s in group) / len(group)
+    return metrics
+
+
+def save_checkpoint(run_dir, model, optimizer, step, rank):
+    """Weights (safetensors), optimizer state, RNG states and step, swapped in atomically."""
+    if isinstance(optimizer, torch.distributed.optim.ZeroRedundancyOptimizer):
+        optimizer.consolidate_state_dict(to=0)
+    if rank != 0:
+        return
+    tmp, final = os.path.join(run_dir, "checkpoint.tmp"), os.path.join(run_dir, "checkpoint")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              os.path.join(tmp, "model.safetensors"))
+    torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+    torch.save({"step": step, "python": random.getstate(), "torch": torch.get_rng_state()},
+               os.path.join(tmp, "state.pt"))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def load_checkpoint(run_dir, model, optimizer, device):
+    """Restore the latest checkpoint; returns the step to continue from (0 without one)."""
+    path = os.path.join(run_dir, "checkpoint")
+    if not os.path.isdir(path):
+        return 0
+    model.load_state_dict(load_file(os.path.join(path, "model.safetensors"), device=str(device)))
+    optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=device))
+    state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    return state["step"]
+
+
+def plot_run(run_dir):
+    """metrics.jsonl -> metrics.png: rewards per group, validity and solve rates."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("azr: plotting needs matplotlib: pip install matplotlib")
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        sys.exit(f"azr: no metrics.jsonl in {run_dir}")
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, (suffix, title) in zip(axes, [("reward", "mean reward"), ("validity_rate", "proposal validity"),
+                                          ("solve_rate", "solve rate")]):
+        for key in sorted({k for row in rows for k in row if k.endswith("/" + suffix)}):
+            points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
+            ax.plot([s for s, _ in points], [v for _, v in points], label=key.rsplit("/", 1)[0], marker=".")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "metrics.png"), dpi=120)
+    print(f"wrote {os.path.join(run_dir, 'metrics.png')}")
+
+
+def prepare_run_dir(cfg):
+    """Create (or check) the run directory before any work; one-line errors."""
+    if not cfg.out:
+        cfg.out = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    if not cfg.resume and os.path.exists(os.path.join(cfg.out, "config.json")):
+        sys.exit(f"azr: {cfg.out} already holds a run; pass --resume {cfg.out} or choose another --out")
+    try:
+        os.makedirs(cfg.out, exist_ok=True)
+        probe = os.path.join(cfg.out, ".write-test")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as error:
+        sys.exit(f"azr: cannot write to --out {cfg.out}: {error.strerror}")
+
+
+def open_buffers(cfg):
+    """One JSONL-backed buffer per task type; identity seeds first (spec section 9)."""
+    if cfg.seed_from and not cfg.resume:
+        for task_type in TASK_TYPES:
+            source = os.path.join(cfg.seed_from, "seeds", f"{task_type}.jsonl")
+            if not os.path.isfile(source):
+                sys.exit(f"azr: --seed-from {cfg.seed_from}: missing {source}")
+            shutil.copyfile(source, os.path.join(cfg.out, f"buffer_{task_type}.jsonl"))
+    buffer_map = {t: TaskBuffer(os.path.join(cfg.out, f"buffer_{t}.jsonl")) for t in TASK_TYPES}
+    if len(buffer_map["deduction"]) == 0:
+        buffer_map["deduction"].add(buffers.identity_triplet())
+    if len(buffer_map["abduction"]) == 0:
+        buffer_map["abduction"].add(buffers.identity_triplet())
+    if len(buffer_map["induction"]) == 0:
+        buffer_map["induction"].add(buffers.identity_induction_task())
+    return buffer_map
+
+
+def train(cfg, sample_fn=generate):
+    rank, world, device = setup_distributed(cfg)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    if rank == 0:
+        prepare_run_dir(cfg)
+    cfg.out = all_gather(cfg.out)[0]
+    try:
+        model, tokenizer = load_model(cfg.model, device=device, dtype=torch.float32)
+    except (FileNotFoundError, ValueError) as error:  # a bad checkpoint: one line, no traceback
+        sys.exit(f"azr: {error}")
+    model.activation_checkpointing = cfg.activation_checkpointing
+    if rank == 0:
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=2)
+    logprob_module = TokenLogprobs(model)
+    if world > 1:
+        logprob_module = torch.nn.parallel.DistributedDataParallel(
+            logprob_module, device_ids=[device.index] if device.type == "cuda" else None)
+    adamw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if cfg.zero and world > 1:
+        optimizer = torch.distributed.optim.ZeroRedundancyOptimizer(
+            model.parameters(), optimizer_class=torch.optim.AdamW, **adamw)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), **adamw)
+    start_step = load_checkpoint(cfg.out, model, optimizer, device) if cfg.resume else 0
+
+    executor = Executor(workers=cfg.exec_workers or None, timeout_s=cfg.exec_timeout_s,
+                        memory_mb=cfg.exec_memory_mb, banned_modules=BANNED_MODULES,
+                        max_output_chars=cfg.max_output_chars)
+    sampler = Sampler(model, tokenizer, cfg, device, sample_fn)
+    buffer_map = open_buffers(cfg)
+    seeds_dir = os.path.join(cfg.out, "seeds")
+    if not os.path.isdir(seeds_dir):
+        seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log)
+        if rank == 0:
+            os.makedirs(seeds_dir + ".tmp", exist_ok=True)
+            for task_type in TASK_TYPES:
+                shutil.copyfile(buffer_map[task_type].path, os.path.join(seeds_dir + ".tmp", f"{task_type}.jsonl"))
+            os.replace(seeds_dir + ".tmp", seeds_dir)
+
+    for step in range(start_step, cfg.steps):
+        started, sampler.tokens, sampler.seconds = time.time(), 0, 0.0
+        rollouts, samples = collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world)
+        rollout_seconds = time.time() - started
+        update_started = time.time()
+        grad_norm = policy_update(model, logprob_module, optimizer, rollouts, cfg, world, device)
+        update_seconds = time.time() - update_started
+        summaries = [s for rank_summaries in all_gather([r.summary() for r in rollouts]) for s in rank_summaries]
+        timing = all_gather((sampler.tokens, sampler.seconds))
+        if rank == 0:
+            metrics = {"step": step + 1, **group_metrics(summaries), "grad_norm": grad_norm,
+                       **{f"buffer/{t}": len(buffer_map[t]) for t in TASK_TYPES},
+                       "tokens_per_s": sum(t for t, _ in timing) / max(1e-9, max(s for _, s in timing)),
+                       "time/sampling": sampler.seconds, "time/execution": rollout_seconds - sampler.seconds,
+                       "time/update": update_seconds}
+            write_json_line(os.path.join(cfg.out, "metrics.jsonl"), metrics)
+            for sample in samples:
+                write_json_line(os.path.join(cfg.out, "samples.jsonl"), sample)
+            log(step_summary(metrics, cfg.steps))
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(cfg.out, model, optimizer, step + 1, rank)
+    executor.close()
+    if dist.is_initialized():
+        dist.barrier()
+    return model, buffer_map
+
+
+def step_summary(metrics, steps):
+    """One line: rewards and solve rates per group, validity, buffers, speed, time split."""
+    short = {"deduction": "ded", "abduction": "abd", "induction": "ind"}
+
+    def fmt(key):
+        value = metrics.get(key)
+        return "  - " if value is None else f"{value:+.2f}" if "reward" in key else f"{value:.2f}"
+
+    parts = [f"step {metrics['step']}/{steps}"]
+    for task_type in TASK_TYPES:
+        parts.append(f"{short[task_type]} P {fmt(f'{task_type}/propose/reward')} "
+                     f"valid {fmt(f'{task_type}/propose/validity_rate')} "
+                     f"S {fmt(f'{task_type}/solve/reward')} acc {fmt(f'{task_type}/solve/solve_rate')}")
+    parts.append("buf " + "/".join(str(metrics[f"buffer/{t}"]) for t in TASK_TYPES))
+    parts.append(f"{metrics['tokens_per_s']:.0f} tok/s")
+    parts.append(f"sample {metrics['time/sampling']:.0f}s exec {metrics['time/execution']:.0f}s "
+                 f"update {metrics['time/update']:.0f}s")
+    return " | ".join(parts)
+
+
+def main(argv=None):
+    cfg = parse_config(argv)
+    if cfg.plot:
+        return plot_run(cfg.plot)
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        sys.exit(f"azr: --device must be auto, cpu or cuda, not {cfg.device!r}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("azr: --device cuda but CUDA is not available")
+    if cfg.model != "smollm2-135m" and not os.path.isfile(os.path.join(cfg.model, "config.json")):
+        sys.exit(f"azr: --model {cfg.model}: not an HF checkpoint directory (no config.json); "
+                 "pass one, or smollm2-135m for the embedded model")
+    try:
+        train(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
