@@ -1,0 +1,253 @@
+"""The training loop: CLI errors, end to end with a scripted sampler, micro-batching, DDP, resume."""
+import json
+import os
+import re
+import signal
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import azr
+from buffers import TASK_TYPES, TaskBuffer
+from model import Sample, load_model
+from trr import trr_advantages
+
+
+# ----------------------------------------------------------------------------- a scripted sampler
+PROGRAMS = [  # (program, input) pairs the scripted proposer offers, all valid
+    ("def f(x):\n    return x * 2", "3"),
+    ("def f(s):\n    return s[::-1]", "'abc'"),
+    ("def f(a, b):\n    return [a + i for i in range(b)]", "1, 3"),
+    ("def f(n):\n    total = 0\n    for i in range(n):\n        total += i * i\n    return total", "5"),
+]
+
+
+def fence(tag, body):
+    return f"```{tag}\n{body}\n```"
+
+
+def answer(*blocks):
+    return "I reason about it.</think>\n<answer>\n" + "\n".join(blocks) + "\n</answer>"
+
+
+def run_program(program, args):
+    """Trusted test-side execution: the scripted programs are ours, never model-written."""
+    scope = {}
+    exec(program, scope)
+    return eval(f"f({args})", scope)
+
+
+class ScriptedSampler:
+    """Stands in for model.generate: reads each prompt, answers from a script.
+
+    Proposers alternate valid proposals with malformed ones; solvers alternate correct and wrong
+    answers, so every group has reward variance and a non-zero advantage.
+    """
+
+    def __init__(self, tokenizer, kill_after_calls=None):
+        self.tokenizer, self.calls, self.counter = tokenizer, 0, 0
+        self.kill_after_calls = kill_after_calls
+
+    def respond(self, prompt):
+        self.counter += 1
+        task = prompt.rsplit("User:", 1)[1]
+        blocks = dict(re.findall(r"```(\w+)\n(.*?)\n```", task, re.DOTALL))
+        good = self.counter % 2 == 0
+        if "Create a new Python program" in task:
+            program, args = PROGRAMS[(self.counter // 2) % len(PROGRAMS)]
+            return answer(fence("python", program), fence("input", args)) if good else "no idea"
+        if "different inputs for f" in task:
+            inputs = [fence("input", repr("x" * i)) for i in range(1, 11)]
+            return answer(*inputs, fence("message", "a hint")) if good else answer(*inputs[:3])
+        if "Predict what this Python function returns" in task:
+            value = run_program(blocks["python"], blocks["input"])
+            return answer(fence("output", repr(value) if good else repr([value])))
+        if "Find an input" in task:
+            return answer(fence("input", blocks["output"] if "return a\n" in blocks["python"] + "\n" else "0"))
+        program = "def f(a):\n    return a" if good else "def f(a):\n    return None"
+        return answer(fence("python", program))
+
+    def __call__(self, model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None):
+        self.calls += 1
+        if self.kill_after_calls is not None and self.calls > self.kill_after_calls:
+            os.kill(os.getpid(), signal.SIGKILL)  # a run killed mid-step
+        results = []
+        for prompt in prompts:
+            text = self.tokenizer.decode(prompt)
+            group = []
+            for _ in range(n):
+                tokens = self.tokenizer(self.respond(text)).input_ids[:max_new_tokens - 1] + [stop_ids[0]]
+                group.append(Sample(tokens=tokens, logprobs=[0.0] * len(tokens)))
+            results.append(group)
+        return results
+
+
+def tiny_config(checkpoint, out, **overrides):
+    values = dict(model=str(checkpoint), device="cpu", out=str(out), steps=2, batch_size=4, num_references=2,
+                  n_solve_samples=4, seed_size=3, seed_max_rounds=2, max_prompt_tokens=2048,
+                  max_response_tokens=256, exec_timeout_s=2.0, exec_workers=2, lr=1e-3, micro_batch_size=3,
+                  checkpoint_every=1, activation_checkpointing=False)
+    values.update(overrides)
+    return azr.Config(**values)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_unknown_flag_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        azr.parse_config(["--no-such-flag", "1"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_presets_and_overrides():
+    cfg = azr.parse_config(["--device", "cpu", "--batch-size", "3", "--no-activation-checkpointing"])
+    assert cfg.batch_size == 3 and cfg.activation_checkpointing is False
+    assert cfg.max_response_tokens == azr.CPU_PRESET["max_response_tokens"]
+    gpu = azr.parse_config(["--preset", "gpu"])
+    assert (gpu.batch_size, gpu.n_solve_samples, gpu.num_references, gpu.lr) == (64, 8, 6, 1e-6)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "/nonexistent/model"], "not an HF checkpoint directory"),
+    (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+    (["--out", "/proc/azr-run"], "cannot write to --out"),
+    (["--resume", "/nonexistent/run"], "not a run directory"),
+])
+def test_bad_input_fails_before_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        azr.main(argv)
+    code = exit_info.value.code
+    text = code if isinstance(code, str) else capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in text and "\n" not in text
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_two_steps_end_to_end(tiny_checkpoint, tmp_path):
+    cfg = tiny_config(tiny_checkpoint, tmp_path / "run")
+    initial, tokenizer = load_model(str(tiny_checkpoint))
+    initial = {k: v.clone() for k, v in initial.state_dict().items()}
+    model, buffer_map = azr.train(cfg, sample_fn=ScriptedSampler(tokenizer))
+
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        # the script alternates: solvers right (1) and wrong (-0.5), proposers valid and malformed (-1);
+        # a valid proposal's 4 learnability rollouts are half right, so s = 0.5 and r_propose = 0.5
+        assert m["deduction/solve/reward"] == pytest.approx(0.25)
+        assert m["deduction/solve/solve_rate"] == pytest.approx(0.5)
+        assert m["deduction/propose/reward"] == pytest.approx(-0.25)
+        assert m["deduction/propose/format_error_rate"] == pytest.approx(0.5)
+        for task_type in TASK_TYPES:
+            assert m[f"{task_type}/propose/validity_rate"] == pytest.approx(0.5)
+    # seeding plus two steps of valid proposals grew every buffer, on disk too
+    for task_type in TASK_TYPES:
+        assert len(buffer_map[task_type]) > 1
+        assert len(TaskBuffer(str(tmp_path / "run" / f"buffer_{task_type}.jsonl"))) == len(buffer_map[task_type])
+        assert os.path.isfile(tmp_path / "run" / "seeds" / f"{task_type}.jsonl")
+    # rewards reached the update: the weights moved
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, initial[k])]
+    assert changed
+    assert read_jsonl(tmp_path / "run" / "samples.jsonl")
+    assert os.path.isfile(tmp_path / "run" / "checkpoint" / "model.safetensors")
+
+
+def fixed_rollouts(count=8):
+    """Deterministic rollouts of different lengths and groups for gradient comparisons."""
+    generator = torch.Generator().manual_seed(0)
+    rollouts = []
+    for i in range(count):
+        prompt = torch.randint(0, 49152, (5 + i % 3,), generator=generator).tolist()
+        response = torch.randint(0, 49152, (2 + (i * 5) % 7,), generator=generator).tolist()
+        rollouts.append(azr.Rollout(TASK_TYPES[i % 3], ("propose", "solve")[i % 2], prompt, response, "",
+                                    reward=float(i % 4) - 1.5))
+    return rollouts
+
+
+def gradient(model, logprob_module, rollouts, world, micro_batch_size):
+    """Gradient of the TRR++ loss for this rank's slice of `rollouts` (all of them when world is 1)."""
+    cfg = azr.Config(micro_batch_size=micro_batch_size)
+    model.zero_grad(set_to_none=True)
+    advantages = trr_advantages([r.reward for r in rollouts], [r.group for r in rollouts])
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    mine = list(range(rank, len(rollouts), world))
+    num_tokens = sum(len(r.response_tokens) for r in rollouts)
+    azr.accumulate_gradients(logprob_module, [rollouts[i] for i in mine], advantages[mine], num_tokens, world,
+                             cfg, torch.device("cpu"))
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_gradient_independent_of_micro_batch_size(tiny_checkpoint):
+    model, _ = load_model(str(tiny_checkpoint))
+    module = azr.TokenLogprobs(model)
+    whole = gradient(model, module, fixed_rollouts(), 1, micro_batch_size=8)
+    split = gradient(model, module, fixed_rollouts(), 1, micro_batch_size=2)
+    for name in whole:
+        torch.testing.assert_close(whole[name], split[name], rtol=1e-4, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in whole.values())
+
+
+# ----------------------------------------------------------------------------- two ranks (gloo)
+def ddp_worker(rank, world, port, checkpoint, out, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model, tokenizer = load_model(str(checkpoint))
+        grads = gradient(model, torch.nn.parallel.DistributedDataParallel(azr.TokenLogprobs(model)),
+                         fixed_rollouts(), world, micro_batch_size=2)
+        trained, buffer_map = azr.train(tiny_config(checkpoint, out, steps=1), sample_fn=ScriptedSampler(tokenizer))
+        torch.save({"grads": grads, "params": trained.state_dict(),
+                    "buffers": {t: [vars(task) for task in buffer_map[t]] for t in TASK_TYPES}},
+                   os.path.join(results, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_gloo(tiny_checkpoint, tmp_path):
+    port = 29500 + os.getpid() % 1000
+    mp.spawn(ddp_worker, args=(2, port, str(tiny_checkpoint), str(tmp_path / "run"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for name, value in ranks[0]["params"].items():
+        assert torch.equal(value, ranks[1]["params"][name]), name
+    assert ranks[0]["buffers"] == ranks[1]["buffers"]
+    assert len(ranks[0]["buffers"]["deduction"]) > 1
+    # the two-rank gradient equals the single-process gradient of the same rollouts
+    model, _ = load_model(str(tiny_checkpoint))
+    single = gradient(model, azr.TokenLogprobs(model), fixed_rollouts(), 1, micro_batch_size=8)
+    for name, value in single.items():
+        torch.testing.assert_close(ranks[0]["grads"][name], value, rtol=1e-4, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- resume
+def killed_run(checkpoint, out, kill_after_calls):
+    _, tokenizer = load_model(str(checkpoint))
+    azr.train(tiny_config(checkpoint, out, steps=3), sample_fn=ScriptedSampler(tokenizer, kill_after_calls))
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_loses_nothing(tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    # seeding takes a few sampler calls and each step 9: die inside the second step
+    process = mp.get_context("spawn").Process(target=killed_run, args=(str(tiny_checkpoint), str(out), 20))
+    process.start()
+    process.join(timeout=300)
+    assert process.exitcode == -signal.SIGKILL
+    before = {t: read_jsonl(out / f"buffer_{t}.jsonl") for t in TASK_TYPES}
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1]
+
+    _, tokenizer = load_model(str(tiny_checkpoint))
+    cfg = azr.parse_config(["--resume", str(out), "--steps", "3"])
+    _, buffer_map = azr.train(cfg, sample_fn=ScriptedSampler(tokenizer))
+    for task_type in TASK_TYPES:  # every entry written before the kill survives, in order
+        after = [vars(task) for task in buffer_map[task_type]]
+        assert after[:len(before[task_type])] == before[task_type]
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
