@@ -1,0 +1,222 @@
+"""eval.py: pass@k against hand-computed and math.comb values, math normalisation, and every benchmark
+scored from gold answers (100%), answers shuffled between problems (about 0%) and known-wrong answers,
+plus the generate mode end to end with a tiny random model."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import eval as ev
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(REPO, "tests", "data")
+CRUX = os.path.join(REPO, "..", "shared", "data", "cruxeval-50.jsonl")
+needs_crux = pytest.mark.skipif(not os.path.isfile(CRUX), reason="../shared/data/cruxeval-50.jsonl is absent")
+
+
+def run_eval(tmp_path, bench, data, generations, *extra):
+    """main() on a generations object written to a file; returns the results JSON read back."""
+    gen_path = tmp_path / "generations.json"
+    gen_path.write_text(json.dumps(generations) if isinstance(generations, dict)
+                        else "\n".join(json.dumps(g) for g in generations))
+    out = tmp_path / "results.json"
+    ev.main(["--bench", bench, "--data", data, "--generations", str(gen_path), "--out", str(out), *extra])
+    return json.loads(out.read_text())
+
+
+def read(path):
+    return [json.loads(line) for line in open(path)]
+
+
+# ------------------------------------------------------------------------------------------ pass@k
+
+def test_pass_at_k_hand_computed():
+    assert ev.pass_at_k(5, 1, 1) == pytest.approx(0.2)
+    assert ev.pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)  # 1 - C(7,5)/C(10,5)
+    assert ev.pass_at_k(7, 1, 5) == pytest.approx(1 - 6 / 21)  # 1 - C(6,5)/C(7,5)
+    assert ev.pass_at_k(6, 2, 5) == 1.0  # every 5-subset holds a correct answer
+    assert ev.pass_at_k(5, 0, 5) == 0.0
+    assert ev.pass_at_k(4, 4, 5) is None  # fewer answers than k: not reported
+    for n in range(1, 12):
+        for c in range(n + 1):
+            for k in (1, 5):
+                if n >= k:
+                    assert ev.pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
+
+
+def test_pass_at_k_percent():
+    scores = [[True, False, False, False, False], [True] * 5, [False] * 5, [False, True, False, True, False]]
+    assert ev.pass_at_k_percent(scores, 1) == pytest.approx(100 * (0.2 + 1 + 0 + 0.4) / 4)
+    assert ev.pass_at_k_percent(scores, 5) == pytest.approx(75.0)
+    assert ev.pass_at_k_percent([[True], [False]], 1) == 50.0
+    assert ev.pass_at_k_percent([[True], [False]], 5) is None
+
+
+# -------------------------------------------------------------------------------------------- math
+
+@pytest.mark.parametrize("prediction, gold", [
+    ("\\frac{1}{2}", "1/2"), ("\\dfrac{1}{2}", "0.5"), ("\\tfrac12", "\\frac{1}{2}"),
+    ("\\left( 1, 2 \\right)", "(1,2)"), ("(0.5, 1)", "\\left(\\frac{1}{2}, 1\\right)"),
+    ("5.0", "5"), ("2.00", "2"), ("$5$", "5"), ("\\$5", "5"), ("10\\%", "10"), ("90^\\circ", "90"),
+    ("\\text{Evelyn}", "Evelyn"), ("\\text{(C)}", "(C)"), ("5\\text{ cm}", "5"), ("x = 3", "3"),
+    ("1,000", "1000"), ("2\\!000", "2000"), ("0.33333", "\\frac{1}{3}"), ("\\frac{-1}{2}", "-0.5"),
+    ("\\frac{\\sqrt{3}}{2}", "\\dfrac{\\sqrt3}{2}"), ("\\frac{\\sqrt{3}}{2}", "\\sqrt{3}/2"),
+    ("\\frac{x+1}{2}", "(x+1)/2"), ("2 \\sqrt{3}", "2\\sqrt{3}"), ("3.", "3"),
+])
+def test_math_equal(prediction, gold):
+    assert ev.math_equal(prediction, gold)
+
+
+@pytest.mark.parametrize("prediction, gold", [
+    ("2", "3"), ("0.333", "\\frac{1}{3}"), ("(1,2)", "[1,2]"), ("(1,2)", "(2,1)"), ("x+1", "x-1"),
+    ("\\frac{1}{2}", "2"), ("\\sqrt{3}", "\\sqrt{2}"), ("", "0"), ("12", "1,2"),
+])
+def test_math_not_equal(prediction, gold):
+    assert not ev.math_equal(prediction, gold)
+
+
+def test_answer_extraction():
+    assert ev.last_boxed("a \\boxed{1} then \\boxed{\\frac{1}{\\sqrt{2}}} end") == "\\frac{1}{\\sqrt{2}}"
+    assert ev.last_boxed("\\boxed{x^{2}} and \\fbox{7}") == "7"
+    assert ev.last_boxed("so $\\boxed 5$.") == "5"
+    assert ev.last_boxed("\\boxed{unclosed") is None and ev.last_boxed("none") is None
+    assert ev.extract_math_answer("I get 3 then 1,200 in all", "gsm8k") == "1,200"
+    assert ev.extract_math_answer("work\n#### 72", "gsm8k") == "72"
+    assert ev.extract_math_answer("<think>7</think><answer>9</answer>", "math") == "9"
+    assert ev.gold_answer("gsm8k", {"answer": "3*400=1200\n#### 1,200"}) == "1,200"
+
+
+def test_math_and_gsm8k_scoring(tmp_path):
+    math_data = os.path.join(DATA, "math-tiny.jsonl")
+    gold = {"tiny/0.json": ["so \\boxed{\\dfrac{1}{2}}"], "tiny/1.json": ["x = \\boxed{3.0}"],
+            "tiny/2.json": ["\\boxed{\\left(1, 1\\right)}"], "tiny/3.json": ["\\boxed{2 \\sqrt{3}}"]}
+    assert run_eval(tmp_path, "math", math_data, gold)["pass@1"] == 100.0
+    ids = list(gold)
+    shuffled = {pid: gold[ids[(i + 1) % len(ids)]] for i, pid in enumerate(ids)}
+    assert run_eval(tmp_path, "math", math_data, shuffled)["pass@1"] == 0.0
+    gsm_data = os.path.join(DATA, "gsm8k-tiny.jsonl")
+    result = run_eval(tmp_path, "gsm8k", gsm_data, {"0": ["That is 1200 pencils.", "#### 1,201"], "1": ["\\boxed{6}"] * 2})
+    assert result["scores"] == {"0": [True, False], "1": [True, True]}
+    assert result["pass@1"] == 75.0 and result["pass@5"] is None
+
+
+# ---------------------------------------------------------------------------------------- CRUXEval
+
+@needs_crux
+@pytest.mark.parametrize("bench", ["cruxeval-o", "cruxeval-i"])
+def test_cruxeval_gold_and_shuffled(tmp_path, bench):
+    problems = read(CRUX)
+    answer = (lambda p: p["output"]) if bench == "cruxeval-o" else (lambda p: f"f({p['input']})")
+    gold = {p["id"]: [answer(p)] for p in problems}
+    result = run_eval(tmp_path, bench, CRUX, gold)
+    assert result["pass@1"] == 100.0 and all(s == [True] for s in result["scores"].values())
+    ids = list(gold)
+    shuffled = {pid: gold[ids[(i + 7) % len(ids)]] for i, pid in enumerate(ids)}
+    assert run_eval(tmp_path, bench, CRUX, shuffled)["pass@1"] <= 10.0
+
+
+@needs_crux
+def test_cruxeval_official_rules(tmp_path):
+    """The harness's rules on answers it does not take at face value (utils_general.evaluate_score)."""
+    p = {q["id"]: q for q in read(CRUX)}["sample_3"]  # f('bcksrut', 'q') == 'bcksrutq'
+    outputs = {"sample_3": [
+        "'bcksrutq'",                        # right
+        f"f({p['input']})",                  # the call itself: wrong although it evaluates right
+        "'bcksrutq' # the answer",           # pasted verbatim: a trailing comment is fine
+        "'bcksrut'",                         # wrong value
+        "the answer is 'bcksrutq'",          # not Python: wrong, no crash
+    ]}
+    scores = ev.score("cruxeval-o", {"sample_3": p}, outputs)
+    assert scores["sample_3"] == [True, False, True, False, False]
+    inputs = {"sample_3": [
+        "f('bcksrut', 'q')",                 # right
+        "f('bcksru', 'tq')",                 # another input that works: right
+        "'bcksrut', 'q'",                    # a bare argument list: wrapped as f(...) (issue 6)
+        "g('bcksrut', 'q')",                 # another function name: wrong
+        "f('bcksrut', 'x')",                 # wrong
+        "f('bcksrut', 'q'",                  # does not parse: wrong
+        "",                                  # empty: wrong
+        "f(" + "'a', " * 3 + ")",            # raises (wrong arity): wrong
+    ]}
+    scores = ev.score("cruxeval-i", {"sample_3": p}, inputs)
+    assert scores["sample_3"] == [True, True, True, False, False, False, False, False]
+
+
+@needs_crux
+def test_cruxeval_timeout_is_wrong():
+    problem = {"code": "def f(x):\n    while x:\n        pass\n    return x", "input": "0", "output": "0"}
+    assert ev.score("cruxeval-i", {"p": problem}, {"p": ["f(0)", "f(1)"]})["p"] == [True, False]
+
+
+# ----------------------------------------------------------------------------------- HumanEval, MBPP
+
+def test_humaneval_scoring(tmp_path):
+    data = os.path.join(DATA, "humaneval-tiny.jsonl")
+    samples = [
+        {"task_id": "Tiny/0", "completion": "    return a + b\n"},                        # right
+        {"task_id": "Tiny/0", "completion": "    return a - b\n"},                        # wrong
+        {"task_id": "Tiny/1", "solution": "def double_all(xs):\n    return [double(x) for x in xs]\n"},  # whole
+        {"task_id": "Tiny/1", "completion": "    raise ValueError\n"},                    # raises
+        {"task_id": "Tiny/2", "completion": "    return sorted(xs) == xs\n"},             # right
+        {"task_id": "Tiny/2", "completion": "    return True\n"},                         # wrong
+    ]
+    result = run_eval(tmp_path, "humaneval", data, samples)
+    assert result["scores"] == {"Tiny/0": [True, False], "Tiny/1": [True, False], "Tiny/2": [True, False]}
+    assert result["pass@1"] == 50.0
+    gold = [{"task_id": p["task_id"], "completion": p["canonical_solution"]} for p in read(data)]
+    assert run_eval(tmp_path, "humaneval", data, gold)["pass@1"] == 100.0
+    shuffled = [dict(g, task_id=gold[(i + 1) % len(gold)]["task_id"]) for i, g in enumerate(gold)]
+    assert run_eval(tmp_path, "humaneval", data, shuffled)["pass@1"] == 0.0
+
+
+def test_mbpp_scoring(tmp_path):
+    data = os.path.join(DATA, "mbpp-tiny.jsonl")
+    problems = read(data)
+    gold = {str(p["task_id"]): [p["code"]] for p in problems}
+    assert run_eval(tmp_path, "mbpp", data, gold)["pass@1"] == 100.0  # needs test_imports / setup code
+    ids = list(gold)
+    shuffled = {pid: gold[ids[(i + 1) % len(ids)]] for i, pid in enumerate(ids)}
+    assert run_eval(tmp_path, "mbpp", data, shuffled)["pass@1"] == 0.0
+    wrong = dict(gold, **{"901": ["def max_of_three(a, b, c):\n    return min(a, b, c)"]})
+    assert run_eval(tmp_path, "mbpp", data, wrong)["scores"]["901"] == [False]
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+def test_bad_input_is_one_line_error(tmp_path):
+    data = os.path.join(DATA, "math-tiny.jsonl")
+    gen = tmp_path / "g.json"
+    gen.write_text(json.dumps({"tiny/0.json": ["1"], "nope": ["2"]}))
+    with pytest.raises(SystemExit, match="not problems of the data.*'nope'"):
+        ev.main(["--bench", "math", "--data", data, "--generations", str(gen)])
+    gen.write_text(json.dumps({"tiny/0.json": ["1"]}))
+    with pytest.raises(SystemExit, match="no answers for 3 problems"):
+        ev.main(["--bench", "math", "--data", data, "--generations", str(gen)])
+    gen.write_text("{not json")
+    with pytest.raises(SystemExit, match="not JSON"):
+        ev.main(["--bench", "math", "--data", data, "--generations", str(gen)])
+    with pytest.raises(SystemExit, match="lacks one of"):
+        ev.main(["--bench", "mbpp", "--data", data, "--generations", str(gen)])
+    for argv, message in [
+        (["--bench", "nope", "--generations", str(gen)], "invalid choice"),
+        (["--bench", "math", "--data", str(tmp_path / "missing.jsonl"), "--generations", str(gen)], "no such file"),
+        (["--bench", "mbpp", "--generations", str(gen)], "needs --data"),
+        (["--bench", "math", "--data", data, "--model", "x", "--n", "3"], "needs --temperature > 0"),
+    ]:
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), *argv],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) <= 2  # argparse: usage line + error line
+
+
+def test_cli_summary_is_last_line(tmp_path):
+    data = os.path.join(DATA, "gsm8k-tiny.jsonl")
+    gen = tmp_path / "g.json"
+    gen.write_text(json.dumps({"0": ["#### 1200"] * 5, "1": ["#### 5"] * 4 + ["#### 6"]}))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), "--bench", "gsm8k", "--data", data,
+                           "--generations", str(gen)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "gsm8k: pass@1 60.0  pass@5 100.0  [2 problems, 5 answers each]"
