@@ -168,6 +168,8 @@ def cruxeval_script(problem, answer, bench):
       count it wrong, so files made for it never rely on this.
     The answer is pasted verbatim into `{code}\\nassert {output} == {answer}`, as the harness does; an
     answer that raises, does not parse or times out (3 s) is wrong but still counts in the n answers."""
+    if not answer.strip():  # no answer: wrong either way (no `f(` / a syntax error in the harness)
+        return None
     if bench == "cruxeval-o" and f"f({problem['input']})" in answer:
         return None
     if bench == "cruxeval-i" and "f(" not in answer:
@@ -345,22 +347,23 @@ def score(bench, problems, generations, workers=None):
 ANSWER_CODE = "Write the whole function in a ```python fence inside <answer> </answer>."
 
 
-def task_text(bench, problem):
-    """The user turn for one problem: the AZR solver prompts for CRUXEval (deduction for -O,
-    abduction for -I, spec section 11), our own short task texts for code and math."""
-    from buffers import Triplet, solver_prompt
+def prompt_text(bench, problem):
+    """The whole prompt for one problem: the AZR solver prompts for CRUXEval (deduction for -O,
+    abduction for -I, spec section 11), our own short task texts in the AZR template otherwise."""
+    from buffers import Triplet, format_prompt, solver_prompt
     if bench == "cruxeval-o":
         return solver_prompt("deduction", Triplet(problem["code"], problem["input"], ""))
     if bench == "cruxeval-i":
         return solver_prompt("abduction", Triplet(problem["code"], "", problem["output"]))
     if bench == "humaneval":
-        return f"Complete this Python function.\n```python\n{problem['prompt']}```\n{ANSWER_CODE}"
+        return format_prompt(f"Complete this Python function.\n```python\n{problem['prompt']}```\n{ANSWER_CODE}")
     if bench == "mbpp":
         tests = "\n".join(problem["test_list"])
         task = problem.get("prompt", problem.get("text"))
-        return f"{task}\nYour code must pass these tests:\n```python\n{tests}\n```\n{ANSWER_CODE}"
+        return format_prompt(f"{task}\nYour code must pass these tests:\n```python\n{tests}\n```\n{ANSWER_CODE}")
     question = problem["problem"] if bench == "math" else problem["question"]
-    return f"Solve this problem. Give the final answer as \\boxed{{...}} inside <answer> </answer>.\n\n{question}"
+    return format_prompt("Solve this problem. Give the final answer as \\boxed{...} inside <answer> "
+                         f"</answer>.\n\n{question}")
 
 
 def extract_code(response):
@@ -377,9 +380,11 @@ def to_generation(bench, response):
     if bench.startswith("cruxeval"):
         from buffers import parse_response
         task_type = "deduction" if bench == "cruxeval-o" else "abduction"
-        parsed = parse_response(response, task_type)
+        parsed = parse_response(response, task_type, role="solve")
         if not parsed.ok:
             return ""  # a malformed response is a wrong answer (it does not run), never a crash
+        # parse_response keeps only Python *values* (spec 3), stricter than the harness, which would
+        # also take an expression such as sorted(x): our solver prompts ask for a literal.
         return parsed.payload if bench == "cruxeval-o" else f"f({parsed.payload})"
     if bench in ("humaneval", "mbpp"):
         return extract_code(response)
@@ -388,7 +393,6 @@ def to_generation(bench, response):
 
 def sample_responses(args, problems):
     """{problem id: [n response texts]} sampled with our model, batch by batch."""
-    from buffers import format_prompt
     from model import default_stop_ids, generate, load_model
     model, tokenizer = load_model(args.model, device=args.device)
     stop_ids = default_stop_ids(tokenizer)
@@ -396,7 +400,7 @@ def sample_responses(args, problems):
     responses = {}
     for start in tqdm(range(0, len(ids), args.batch_size), desc="generating", unit="batch"):
         batch = ids[start:start + args.batch_size]
-        prompts = [tokenizer.encode(format_prompt(task_text(args.bench, problems[pid]))) for pid in batch]
+        prompts = [tokenizer.encode(prompt_text(args.bench, problems[pid])) for pid in batch]
         samples = generate(model, prompts, args.max_new_tokens, temperature=args.temperature,
                            stop_ids=stop_ids, n=args.n, seed=args.seed + start)
         for pid, per_prompt in zip(batch, samples):
