@@ -504,21 +504,32 @@ def prepare_run_dir(cfg):
         sys.exit(f"azr: cannot write to --out {cfg.out}: {error.strerror}")
 
 
-def open_buffers(cfg):
-    """One JSONL-backed buffer per task type; identity seeds first (spec section 9)."""
-    if cfg.seed_from and not cfg.resume:
+def open_buffers(cfg, rank):
+    """One JSONL-backed buffer per task type; identity seeds first (spec section 9).
+
+    Rank 0 owns the files (it copies --seed-from seeds, repairs a torn last line, appends); the
+    other ranks load the same content afterwards and keep their copies in memory only.
+    """
+    if rank == 0 and cfg.seed_from and not cfg.resume:
         for task_type in TASK_TYPES:
-            source = os.path.join(cfg.seed_from, "seeds", f"{task_type}.jsonl")
-            if not os.path.isfile(source):
-                sys.exit(f"azr: --seed-from {cfg.seed_from}: missing {source}")
-            shutil.copyfile(source, os.path.join(cfg.out, f"buffer_{task_type}.jsonl"))
-    buffer_map = {t: TaskBuffer(os.path.join(cfg.out, f"buffer_{t}.jsonl")) for t in TASK_TYPES}
-    if len(buffer_map["deduction"]) == 0:
-        buffer_map["deduction"].add(buffers.identity_triplet())
-    if len(buffer_map["abduction"]) == 0:
-        buffer_map["abduction"].add(buffers.identity_triplet())
-    if len(buffer_map["induction"]) == 0:
-        buffer_map["induction"].add(buffers.identity_induction_task())
+            shutil.copyfile(os.path.join(cfg.seed_from, "seeds", f"{task_type}.jsonl"),
+                            os.path.join(cfg.out, f"buffer_{task_type}.jsonl"))
+    if rank == 0:
+        buffer_map = load_buffers(cfg.out, writable=True)
+    if dist.is_initialized():
+        dist.barrier()
+    if rank != 0:
+        buffer_map = load_buffers(cfg.out, writable=False)
+    return buffer_map
+
+
+def load_buffers(run_dir, writable):
+    buffer_map = {t: TaskBuffer(os.path.join(run_dir, f"buffer_{t}.jsonl")) for t in TASK_TYPES}
+    for task_type, buffer in buffer_map.items():
+        if not writable:
+            buffer.path = None  # loaded; appends stay in memory
+        if len(buffer) == 0:
+            buffer.add(buffers.identity_induction_task() if task_type == "induction" else buffers.identity_triplet())
     return buffer_map
 
 
@@ -552,7 +563,7 @@ def train(cfg, sample_fn=generate):
                         memory_mb=cfg.exec_memory_mb, banned_modules=BANNED_MODULES,
                         max_output_chars=cfg.max_output_chars)
     sampler = Sampler(model, tokenizer, cfg, device, sample_fn)
-    buffer_map = open_buffers(cfg)
+    buffer_map = open_buffers(cfg, rank)
     seeds_dir = os.path.join(cfg.out, "seeds")
     if not os.path.isdir(seeds_dir):
         seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log)
@@ -620,6 +631,9 @@ def main(argv=None):
     if cfg.model != "smollm2-135m" and not os.path.isfile(os.path.join(cfg.model, "config.json")):
         sys.exit(f"azr: --model {cfg.model}: not an HF checkpoint directory (no config.json); "
                  "pass one, or smollm2-135m for the embedded model")
+    for task_type in TASK_TYPES if cfg.seed_from else ():
+        if not os.path.isfile(os.path.join(cfg.seed_from, "seeds", f"{task_type}.jsonl")):
+            sys.exit(f"azr: --seed-from {cfg.seed_from}: no seeds/{task_type}.jsonl there")
     try:
         train(cfg)
     finally:
