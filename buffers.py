@@ -1,0 +1,518 @@
+"""AZR's tasks: data types, buffers, prompts, response parsing, validation and rewards (spec 1-5, 9).
+
+The task design in a few lines. A *program* is Python source defining `f`; an *input* is the source of
+an argument list (`[1, 2], 'abc'`); an *output* is `repr(f(input))`, computed by the executor, never by
+the model. One model plays two roles on three task types:
+
+    deduction   propose (program, input) from K references    solve: given program + input, predict output
+    abduction   propose (program, input) from K references    solve: given program + output, find any input
+    induction   propose 10 inputs + a hint for a buffer program   solve: from 5 shown pairs + hint, write f
+                                                                  that also reproduces the 5 hidden pairs
+
+Every response continues the prompt's open `<think>`, must close it, then answer inside
+`<answer> </answer>` with the payload in fenced blocks (```python, ```input, ```output, ```message).
+Rewards (eq. 6): a malformed response or unparseable payload gets -1, a well-formed but wrong one -0.5
+(solver: incorrect; proposer: the task fails validation), otherwise the solver gets 1 and the
+proposer gets its task's learnability 1 - s for a solve rate 0 < s < 1, else 0 (eq. 4).
+Valid proposals go to per-type buffers (append-only JSONL) that supply references and solver tasks.
+
+Nothing model-written is evaluated here: payloads are only checked with `ast.parse`, and all execution
+goes through `executor.run_batch`, one call per scoring function for the whole batch.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import re
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from executor import BANNED_MODULES
+
+TASK_TYPES = ("deduction", "abduction", "induction")
+ROLES = ("propose", "solve")
+N_IO = 10  # input/output pairs per induction task (spec 1)
+N_SHOWN = 5  # the first N_SHOWN pairs are shown to the solver, the rest are hidden
+
+# Payload length bounds (spec is silent; chosen by us). A payload over its bound counts as unparseable
+# (-1): gold outputs are at most max_output_chars = 1000, so a 2x longer prediction cannot be right.
+MAX_PROGRAM_CHARS = 10_000
+MAX_VALUE_CHARS = 2_000  # one input argument list or one output value
+MAX_MESSAGE_CHARS = 2_000
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tasks and rewards
+
+
+@dataclass
+class Triplet:
+    """A deduction/abduction task: program, input (argument-list source), output (repr)."""
+    program: str
+    input: str
+    output: str
+
+
+@dataclass
+class InductionTask:
+    """A program, a natural-language hint, and N_IO input/output pairs (first N_SHOWN shown)."""
+    program: str
+    message: str
+    inputs: list[str]
+    outputs: list[str]
+
+    @property
+    def shown_pairs(self) -> list[tuple[str, str]]:
+        return list(zip(self.inputs[:N_SHOWN], self.outputs[:N_SHOWN]))
+
+    @property
+    def hidden_pairs(self) -> list[tuple[str, str]]:
+        return list(zip(self.inputs[N_SHOWN:], self.outputs[N_SHOWN:]))
+
+
+@dataclass
+class Rewards:
+    """The composite-reward constants of eq. 6 (the trainer's config passes its values in)."""
+    format_error: float = -1.0  # not well-formatted, or the payload cannot be parsed
+    wrong: float = -0.5  # well-formatted but wrong / invalid
+
+
+def _task_key(task) -> tuple:
+    if isinstance(task, InductionTask):
+        return (task.program, tuple(task.inputs))
+    return (task.program, task.input)
+
+
+def identity_triplet() -> Triplet:
+    """The seed every buffer starts from (spec 9)."""
+    return Triplet(program="def f(a):\n    return a", input="'Hello world'", output="'Hello world'")
+
+
+def identity_induction_task() -> InductionTask:
+    """The identity seed for the induction buffer (spec 9). The spec names five kinds of input
+    (string, int, dict, tuple of floats, nested list); a task needs N_IO = 10, so each kind appears
+    once among the shown and once among the hidden pairs. Every input is written as its own repr,
+    so the outputs equal the inputs (tests check this against the executor)."""
+    inputs = ["'Hello world'", "42", "{'a': 1, 'b': [2, 3]}", "(1.5, -2.0, 3.25)", "[[1, 2], [3, [4, 5]]]",
+              "'AZR'", "-7", "{'x': (0, 1)}", "(0.1, 2.5)", "[[], [[0]], 'z']"]
+    return InductionTask(program="def f(a):\n    return a", message="returns its input unchanged",
+                         inputs=inputs, outputs=list(inputs))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Buffers
+
+
+class TaskBuffer:
+    """The tasks of one type, deduplicated, in insertion order, optionally persisted as JSONL.
+
+    Each line is one task as JSON, appended and flushed as it is added, so a killed run loses at most
+    the line being written. On load, a line that is not valid JSON for a task is skipped with a
+    warning; an unterminated last line (killed mid-write) is also cut from the file so later appends
+    start on a fresh line. Under DDP every rank adds the same tasks in the same order; give a path on
+    one rank only.
+    """
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+        self.items: list = []
+        self._keys: set = set()
+        if path is not None and os.path.exists(path):
+            self._load(path)
+
+    def _load(self, path):
+        with open(path, "rb") as fh:
+            data = fh.read()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a newline
+        for lineno, line in enumerate(lines, 1):
+            if line.strip():
+                self._load_line(line, f"{path}:{lineno}")
+        if tail.strip() and not self._load_line(tail, f"{path}:{len(lines) + 1} (unterminated)"):
+            with open(path, "r+b") as fh:  # drop the partial line, keep everything before it
+                fh.truncate(len(data) - len(tail))
+        elif tail.strip():
+            with open(path, "ab") as fh:
+                fh.write(b"\n")
+
+    def _load_line(self, line: bytes, where: str) -> bool:
+        try:
+            record = json.loads(line.decode("utf-8"))
+            task = InductionTask(**record) if "inputs" in record else Triplet(**record)
+        except Exception as e:  # corrupt JSON, bad UTF-8, wrong fields: skip, never fatal
+            warnings.warn(f"skipping corrupt buffer line {where}: {type(e).__name__}: {e}")
+            return False
+        self._add(task)
+        return True
+
+    def _add(self, task) -> bool:
+        key = _task_key(task)
+        if key in self._keys:
+            return False
+        self._keys.add(key)
+        self.items.append(task)
+        return True
+
+    def add(self, task) -> bool:
+        """Add a task unless one with the same program and input(s) is there; True if added."""
+        if not self._add(task):
+            return False
+        if self.path is not None:
+            # ensure_ascii keeps the file pure ASCII, so no encoding can ever fail or split a line.
+            with open(self.path, "a", encoding="ascii") as fh:
+                fh.write(json.dumps(asdict(task)) + "\n")
+                fh.flush()
+        return True
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def sample(self, k: int, rng: random.Random) -> list:
+        """k distinct tasks uniformly at random (k capped at len). Depends only on the buffer's
+        content and order and on rng's state, so ranks with the same rng draw the same tasks."""
+        return rng.sample(self.items, min(k, len(self.items)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prompts (spec 3): one plain-text template, no chat template, so base models work too.
+
+SYSTEM_LINE = ("A conversation between User and Assistant. The Assistant first thinks step by step "
+               "inside <think> </think>, then gives its final answer inside <answer> </answer>.")
+
+INPUT_FORMAT = ("An input is the argument list that goes between the parentheses of f(...), "
+                "e.g. [1, 2, 3], 'abc' calls f with two arguments.")
+
+
+def format_prompt(task_text: str) -> str:
+    """Wrap a task in the template; the response continues the open <think>."""
+    return f"{SYSTEM_LINE}\nUser: {task_text}\nAssistant: <think>"
+
+
+def _fence(tag: str, body: str) -> str:
+    return f"```{tag}\n{body}\n```"
+
+
+def _answer_format(tag: str, body: str) -> str:
+    return f"<answer>\n{_fence(tag, body)}\n</answer>"
+
+
+def _rules(banned) -> str:
+    return (
+        "Rules (a checker enforces them):\n"
+        "- Define a function named f with at least one parameter that returns a value.\n"
+        "- Put imports and helper functions at the top, before f.\n"
+        "- f must be deterministic: no randomness, date or time, file or network I/O, printing, "
+        "or other external state.\n"
+        # sorted: the executor may hold the list as a set, and every DDP rank must build the same prompt
+        f"- Do not import these modules: {', '.join(sorted(banned))}.\n"
+        "- f must finish quickly, well under a second.\n"
+        f"- {INPUT_FORMAT}")
+
+
+def proposer_prompt(task_type: str, references, banned=BANNED_MODULES) -> str:
+    """deduction/abduction: references is a list of Triplets; induction: one Triplet (or program)."""
+    if task_type == "induction":
+        program = references.program if isinstance(references, Triplet) else references
+        return format_prompt(
+            "Here is a Python function:\n" + _fence("python", program) + "\nf(<input goes here>)\n\n"
+            f"Write {N_IO} different inputs for f that give diverse outputs and together reveal what "
+            f"f does. {INPUT_FORMAT} Put each input in its own ```input block. Then write a short "
+            "hint in a ```message block that helps someone guess f from input/output examples "
+            "without showing the code.\n\n"
+            "Answer format:\n<answer>\n" + _fence("input", "...") + "\n(10 input blocks in all)\n"
+            + _fence("message", "...") + "\n</answer>")
+    goal = {"deduction": "predicting its output from the code and the input",
+            "abduction": "finding an input that produces its output"}[task_type]
+    shown = "\n\n".join(
+        f"Reference {n}:\n" + _fence("python", t.program) + "\n" + _fence("input", t.input) + "\n"
+        + _fence("output", t.output) for n, t in enumerate(references, 1))
+    return format_prompt(
+        "Create a new Python program f and one input for it, so that " + goal + " needs several "
+        "steps of reasoning. Make it different from the references.\n\n" + _rules(banned) + "\n\n"
+        + shown + "\n\nAnswer format:\n<answer>\n" + _fence("python", "def f(...):\n    ...") + "\n"
+        + _fence("input", "...") + "\n</answer>")
+
+
+def solver_prompt(task_type: str, task) -> str:
+    """deduction/abduction: task is a Triplet; induction: an InductionTask."""
+    if task_type == "deduction":
+        return format_prompt(
+            "Predict what this Python function returns for the given input.\n\n"
+            + _fence("python", task.program) + "\n" + _fence("input", task.input) + "\n\n"
+            "Answer with the returned value written as a Python literal:\n"
+            + _answer_format("output", "..."))
+    if task_type == "abduction":
+        return format_prompt(
+            "Find an input for which this Python function returns the given output.\n\n"
+            + _fence("python", task.program) + "\n" + _fence("output", task.output) + "\n\n"
+            f"{INPUT_FORMAT} Any input that produces the output is correct. Answer with the input:\n"
+            + _answer_format("input", "..."))
+    examples = "\n".join(_fence("input", i) + "\n" + _fence("output", o) for i, o in task.shown_pairs)
+    return format_prompt(
+        "Write the Python function f that maps each input to its output in these examples.\n\n"
+        f"Hint: {task.message}\n\n{examples}\n\nf will also be tested on other inputs. Answer with "
+        "its code:\n" + _answer_format("python", "def f(...):\n    ..."))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parsing (spec 3). Never raises: every malformed case becomes a reason string.
+
+
+@dataclass
+class Parsed:
+    ok: bool
+    reason: str  # "" when ok, else why the response or its payload was rejected
+    answer: str = ""  # the text inside the last <answer>...</answer>
+    payload: Any = None  # propose: {"program", "input"} or {"inputs", "message"}; solve: str
+
+
+_THINK_THEN_ANSWER = re.compile(r"</think>\s*<answer>")
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# A fenced block: ```tag, then the body up to the next ```. Untagged blocks are ignored.
+_FENCE = re.compile(r"```([A-Za-z]+)[ \t\r]*\n(.*?)```", re.DOTALL)
+
+# Solver answers must be *values*, not expressions: otherwise a deduction solver could answer
+# `f('abc')` or `sorted(x)` and let the executor do the work, and an abduction solver could pass an
+# object whose __eq__ is always True. These are the names found in reprs of common values.
+_VALUE_NAMES = {"inf", "nan", "Ellipsis"}
+_VALUE_CALLS = {"set", "frozenset", "dict", "list", "tuple", "str", "bytes", "bytearray", "int", "float",
+                "complex", "bool", "range", "slice", "Counter", "OrderedDict", "deque", "defaultdict",
+                "Decimal", "Fraction"}
+
+
+def _is_value(node) -> bool:
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.Name):
+        return node.id in _VALUE_NAMES
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return all(_is_value(e) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return all(k is None or _is_value(k) for k in node.keys) and all(map(_is_value, node.values))
+    if isinstance(node, ast.Starred):
+        return _is_value(node.value)
+    if isinstance(node, ast.UnaryOp):
+        return isinstance(node.op, (ast.UAdd, ast.USub)) and _is_value(node.operand)
+    if isinstance(node, ast.BinOp):  # complex numbers: (1+2j)
+        return isinstance(node.op, (ast.Add, ast.Sub)) and _is_value(node.left) and _is_value(node.right)
+    if isinstance(node, ast.Call):
+        return (isinstance(node.func, ast.Name) and node.func.id in _VALUE_CALLS
+                and all(map(_is_value, node.args)) and all(_is_value(kw.value) for kw in node.keywords))
+    return False
+
+
+def _check_program(src: str) -> str:
+    """"" if src parses and defines f at top level, else the reason."""
+    if len(src) > MAX_PROGRAM_CHARS:
+        return "payload_too_long"
+    try:
+        tree = ast.parse(src)
+    except Exception:  # SyntaxError, ValueError (null bytes), RecursionError, MemoryError
+        return "syntax"
+    if not any(isinstance(node, ast.FunctionDef) and node.name == "f" for node in tree.body):
+        return "no_f"
+    return ""
+
+
+def _check_input(src: str, values_only: bool) -> str:
+    """"" if src is a non-empty argument list for f(...), else the reason."""
+    if len(src) > MAX_VALUE_CHARS:
+        return "payload_too_long"
+    try:
+        call = ast.parse(f"f({src})", mode="eval").body
+    except Exception:
+        return "bad_input"
+    # The parsed call must be exactly f(<src>): rejects "1), g(2" and "1)(2" smuggling in more code.
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "f"
+            and (call.args or call.keywords)):
+        return "bad_input"
+    if values_only and not (all(map(_is_value, call.args)) and all(_is_value(k.value) for k in call.keywords)):
+        return "bad_input"
+    return ""
+
+
+def _check_output(src: str) -> str:
+    if len(src) > MAX_VALUE_CHARS:
+        return "payload_too_long"
+    try:
+        node = ast.parse(src, mode="eval").body
+    except Exception:
+        return "bad_output"
+    return "" if _is_value(node) else "bad_output"
+
+
+def _fences(answer: str, tag: str) -> list[str]:
+    return [body.strip() for t, body in _FENCE.findall(answer) if t == tag]
+
+
+def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
+    """Parse a response that continues the prompt's "Assistant: <think>".
+
+    The prompt opened <think>, so the response starts inside the think block: we prepend "<think>"
+    and require `<think>...</think>` then `<answer>...</answer>`; text after </answer> is ignored.
+    A response that opens <think> again is fine (the extra tag is just thinking text). When a fence
+    of one kind appears several times, the last one counts (a model may draft, then correct).
+    """
+    text = "<think>" + text
+    first = _THINK_THEN_ANSWER.search(text)
+    if first is None or "</answer>" not in text[first.end():]:
+        return Parsed(False, "no_think" if "</think>" not in text else "no_answer")
+    answer = list(_ANSWER.finditer(text))[-1].group(1)
+
+    def fail(reason):
+        return Parsed(False, reason, answer)
+
+    if role == "propose" and task_type in ("deduction", "abduction"):
+        programs, inputs = _fences(answer, "python"), _fences(answer, "input")
+        if not programs:
+            return fail("no_python_fence")
+        if not inputs:
+            return fail("no_input_fence")
+        reason = _check_program(programs[-1]) or _check_input(inputs[-1], values_only=False)
+        return fail(reason) if reason else Parsed(True, "", answer, {"program": programs[-1], "input": inputs[-1]})
+    if role == "propose":  # induction: the last N_IO input fences and a message
+        inputs, messages = _fences(answer, "input"), _fences(answer, "message")
+        if len(inputs) < N_IO:
+            return fail("few_inputs")
+        inputs = inputs[-N_IO:]
+        if not messages:
+            return fail("no_message_fence")
+        if not messages[-1]:
+            return fail("empty_message")
+        if len(messages[-1]) > MAX_MESSAGE_CHARS:
+            return fail("payload_too_long")
+        reason = next((r for r in (_check_input(i, values_only=False) for i in inputs) if r), "")
+        return fail(reason) if reason else Parsed(True, "", answer, {"inputs": inputs, "message": messages[-1]})
+    tag, check = {"deduction": ("output", _check_output),
+                  "abduction": ("input", lambda s: _check_input(s, values_only=True)),
+                  "induction": ("python", _check_program)}[task_type]
+    found = _fences(answer, tag)
+    if not found:
+        return fail(f"no_{tag}_fence")
+    reason = check(found[-1])
+    return fail(reason) if reason else Parsed(True, "", answer, found[-1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scoring (spec 4-5): one executor.run_batch call per function, for the whole batch.
+
+
+@dataclass
+class Proposal:
+    parsed: Parsed
+    task: Triplet | InductionTask | None  # the validated task, None unless valid
+    status: str  # executor status ("ok" when valid), or the parse reason when malformed
+
+    @property
+    def valid(self) -> bool:
+        return self.task is not None
+
+
+@dataclass
+class Solution:
+    parsed: Parsed
+    correct: bool
+    reward: float  # composite reward (eq. 6)
+    status: str  # executor status, or the parse reason when malformed
+
+
+def _distinct_key(src: str) -> str:
+    # Inputs are distinct when their syntax trees differ, so [1,2] and [1, 2] count as the same input.
+    return ast.dump(ast.parse(f"f({src})", mode="eval"))
+
+
+def score_proposals(executor, task_type: str, responses: list[str], references_or_programs=None) -> list[Proposal]:
+    """Validate proposer responses (spec 4). For induction, references_or_programs[j] is the program
+    (a Triplet or its source) that response j proposed inputs for; deduction/abduction ignore it."""
+    parsed = [parse_response(r, task_type, "propose") for r in responses]
+    calls, owners = [], []  # owners[c] = index of the response that call c belongs to
+    status = [p.reason for p in parsed]
+    programs = [None] * len(responses)
+    for j, p in enumerate(parsed):
+        if not p.ok:
+            continue
+        if task_type == "induction":
+            source = references_or_programs[j]
+            programs[j] = source.program if isinstance(source, Triplet) else source
+            if len({_distinct_key(i) for i in p.payload["inputs"]}) < N_IO:
+                status[j] = "duplicate_inputs"
+                continue
+            pairs = [(programs[j], i) for i in p.payload["inputs"]]
+        else:
+            programs[j] = p.payload["program"]
+            pairs = [(programs[j], p.payload["input"])]
+        for program, inp in pairs:
+            calls.append(("validate", program, inp))
+            owners.append(j)
+    results = executor.run_batch(calls) if calls else []
+    outputs: dict[int, list[str]] = {}
+    for j, result in zip(owners, results):
+        outputs.setdefault(j, []).append(result.output)
+        if status[j] == "":
+            status[j] = result.status if result.status != "ok" else ""
+    proposals = []
+    for j, p in enumerate(parsed):
+        task = None
+        if p.ok and status[j] == "":
+            outs = outputs[j]
+            # Spec 1: a program returns a value. A triplet whose output is None (e.g. f prints instead
+            # of returning) is rejected; an induction task needs at least one non-None output.
+            if all(o == "None" for o in outs):
+                status[j] = "returns_none"
+            elif task_type == "induction":
+                task = InductionTask(programs[j], p.payload["message"], list(p.payload["inputs"]), outs)
+            else:
+                task = Triplet(programs[j], p.payload["input"], outs[0])
+        proposals.append(Proposal(p, task, "ok" if task is not None else status[j]))
+    return proposals
+
+
+def score_solutions(executor, task_type: str, tasks: list, responses: list[str], rewards: Rewards = Rewards()) -> list[Solution]:
+    """Score solver responses against their tasks (tasks[j] goes with responses[j])."""
+    parsed = [parse_response(r, task_type, "solve") for r in responses]
+    calls, owners = [], []
+    for j, (task, p) in enumerate(zip(tasks, parsed)):
+        if not p.ok:
+            continue
+        if task_type == "deduction":
+            calls.append(("check_output", task.program, task.input, p.payload))
+        elif task_type == "abduction":
+            calls.append(("check_input", task.program, p.payload, task.output))
+        else:  # induction: the candidate must reproduce every hidden pair
+            calls.append(("check_program", p.payload, task.hidden_pairs))
+        owners.append(j)
+    results = dict(zip(owners, executor.run_batch(calls) if calls else []))
+    solutions = []
+    for j, p in enumerate(parsed):
+        if not p.ok:
+            solutions.append(Solution(p, False, rewards.format_error, p.reason))
+            continue
+        correct = results[j].status == "ok"
+        solutions.append(Solution(p, correct, 1.0 if correct else rewards.wrong, results[j].status))
+    return solutions
+
+
+def _learnability_of_rate(s: float) -> float:
+    return 1.0 - s if 0.0 < s < 1.0 else 0.0
+
+
+def learnability(outcomes) -> float:
+    """Eq. 4: 1 - s for the mean solve rate s of the solver rollouts, 0 if s is 0 or 1 (too hard or
+    trivial tasks teach nothing)."""
+    outcomes = [float(o) for o in outcomes]
+    return _learnability_of_rate(sum(outcomes) / len(outcomes)) if outcomes else 0.0
+
+
+def proposer_reward(proposal: Proposal, solve_rate: float | None, rewards: Rewards = Rewards()) -> float:
+    """Eq. 6 for a proposer: -1 malformed, -0.5 invalid task, else learnability of the solve rate."""
+    if not proposal.parsed.ok:
+        return rewards.format_error
+    if not proposal.valid:
+        return rewards.wrong
+    return _learnability_of_rate(solve_rate)

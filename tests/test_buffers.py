@@ -1,0 +1,382 @@
+"""Tests for buffers.py: parsing, validation and rewards for all six (type, role) pairs against the real
+executor, learnability, the identity seeds, prompts, and JSONL buffers (persistence and sampling)."""
+import random
+import warnings
+
+import pytest
+
+import buffers
+from buffers import (N_IO, InductionTask, Rewards, TaskBuffer, Triplet, format_prompt, identity_induction_task,
+                     identity_triplet, learnability, parse_response, proposer_prompt, proposer_reward,
+                     score_proposals, score_solutions, solver_prompt)
+from executor import BANNED_MODULES, Executor
+
+
+@pytest.fixture(scope="module")
+def executor():
+    ex = Executor(workers=2, timeout_s=1.0)
+    yield ex
+    close = getattr(ex, "close", None)
+    if close is not None:
+        close()
+
+
+def respond(body, think=" The function sorts, then slices.\n"):
+    """A realistic response: it continues the prompt's open <think>."""
+    return f"{think}</think>\n<answer>\n{body}\n</answer>"
+
+
+def fence(tag, text):
+    return f"```{tag}\n{text}\n```"
+
+
+SORT = Triplet("def f(xs, k):\n    return sorted(xs)[:k]", "[3, 1, 2], 2", "[1, 2]")
+UNICODE = Triplet("def f(s):\n    return s[::-1]", "'héllo wörld ✓'", "'✓ dlröw olléh'")
+AFFINE_INPUTS = ["0", "1", "2", "-3", "10", "7", "-1", "100", "5", "-20"]
+AFFINE = InductionTask("def f(x):\n    return 2 * x + 1", "doubles, then adds one", AFFINE_INPUTS,
+                       [repr(2 * int(i) + 1) for i in AFFINE_INPUTS])
+HUGE = "[" + ", ".join(["1"] * 50_000) + "]"
+
+# ---------------------------------------------------------------------------------------------------
+# Solver tables: (task, response, expected composite reward)
+
+DEDUCTION_SOLVE = [
+    ("correct", SORT, respond(fence("output", "[1, 2]")), 1.0),
+    ("correct, other spacing", SORT, respond(fence("output", "[1,2]")), 1.0),
+    ("wrong", SORT, respond(fence("output", "[3, 1]")), -0.5),
+    ("wrong type", SORT, respond(fence("output", "(1, 2)")), -0.5),
+    ("no </think>", SORT, "I think it is\n<answer>\n" + fence("output", "[1, 2]") + "\n</answer>", -1.0),
+    ("no <answer>", SORT, " sorting gives [1, 2]</think>\nThe answer is [1, 2].", -1.0),
+    ("unclosed </answer>", SORT, " ok</think>\n<answer>\n" + fence("output", "[1, 2]"), -1.0),
+    ("text between think and answer", SORT, " ok</think> so: <answer>" + fence("output", "[1, 2]") + "</answer>",
+     -1.0),
+    ("no fence", SORT, respond("[1, 2]"), -1.0),
+    ("untagged fence", SORT, respond(fence("", "[1, 2]")), -1.0),
+    ("wrong fence tag", SORT, respond(fence("python", "[1, 2]")), -1.0),
+    ("unclosed fence", SORT, respond("```output\n[1, 2]"), -1.0),
+    ("doubled fences, last correct", SORT, respond(fence("output", "[3]") + "\n" + fence("output", "[1, 2]")), 1.0),
+    ("doubled fences, last wrong", SORT, respond(fence("output", "[1, 2]") + "\n" + fence("output", "[3]")), -0.5),
+    ("extra text after </answer>", SORT, respond(fence("output", "[1, 2]")) + "\nHope this helps! </think>", 1.0),
+    ("re-opened <think>", SORT, "<think>" + respond(fence("output", "[1, 2]")), 1.0),
+    ("unicode", UNICODE, respond(fence("output", "'✓ dlröw olléh'"), think=" 逆順にする ✓\n"), 1.0),
+    ("unicode, wrong", UNICODE, respond(fence("output", "'héllo wörld ✓'")), -0.5),
+    ("enormous answer", SORT, respond(fence("output", HUGE)), -1.0),
+    ("enormous think, correct", SORT, respond(fence("output", "[1, 2]"), think="hmm " * 50_000), 1.0),
+    ("expression, not a value", SORT, respond(fence("output", "sorted([3, 1, 2])[:2]")), -1.0),
+    ("calls f", SORT, respond(fence("output", "f([3, 1, 2], 2)")), -1.0),
+    ("unparseable", SORT, respond(fence("output", "[1, 2")), -1.0),
+]
+
+ABDUCTION_SOLVE = [
+    ("gold input", SORT, respond(fence("input", "[3, 1, 2], 2")), 1.0),
+    ("another input that works", SORT, respond(fence("input", "[2, 9, 1], 2")), 1.0),
+    ("keyword argument", SORT, respond(fence("input", "[1, 2], k=5")), 1.0),
+    ("wrong", SORT, respond(fence("input", "[5, 6], 2")), -0.5),
+    ("wrong arity", SORT, respond(fence("input", "[1, 2]")), -0.5),
+    ("no </think>", SORT, "<answer>" + fence("input", "[3, 1, 2], 2") + "</answer>", -1.0),
+    ("no fence", SORT, respond("[3, 1, 2], 2"), -1.0),
+    ("output fence instead", SORT, respond(fence("output", "[3, 1, 2], 2")), -1.0),
+    ("doubled fences, last correct", SORT, respond(fence("input", "[9], 1") + fence("input", "[1, 2], 2")), 1.0),
+    ("extra text after </answer>", SORT, respond(fence("input", "[1, 2], 2")) + " <answer>oops", 1.0),
+    ("unicode", UNICODE, respond(fence("input", "'héllo wörld ✓'")), 1.0),
+    ("enormous answer", SORT, respond(fence("input", HUGE + ", 2")), -1.0),
+    ("expression, not a value", SORT, respond(fence("input", "list(reversed([1, 2])), 2")), -1.0),
+    ("smuggled code", SORT, respond(fence("input", "[1, 2], 2), print(1")), -1.0),
+    ("empty", SORT, respond(fence("input", "")), -1.0),
+]
+
+_HARDCODED = "def f(x):\n    return {0: 1, 1: 3, 2: 5, -3: -5, 10: 21}[x]"
+INDUCTION_SOLVE = [
+    ("correct", AFFINE, respond(fence("python", "def f(x):\n    return x + x + 1")), 1.0),
+    ("with a helper", AFFINE, respond(fence("python", "def g(x):\n    return 2 * x\n\ndef f(x):\n    return g(x) + 1")),
+     1.0),
+    ("fits only the shown pairs", AFFINE, respond(fence("python", _HARDCODED)), -0.5),
+    ("fits 4 of 5 hidden pairs", AFFINE,
+     respond(fence("python", "def f(x):\n    return 2 * x + 1 if x != -20 else 0")), -0.5),
+    ("raises", AFFINE, respond(fence("python", "def f(x):\n    return x / 0")), -0.5),
+    ("banned import", AFFINE, respond(fence("python", "import os\ndef f(x):\n    return 2 * x + 1")), -0.5),
+    ("syntax error", AFFINE, respond(fence("python", "def f(x)\n    return 2 * x + 1")), -1.0),
+    ("no f", AFFINE, respond(fence("python", "def g(x):\n    return 2 * x + 1")), -1.0),
+    ("no fence", AFFINE, respond("def f(x):\n    return 2 * x + 1"), -1.0),
+    ("no <answer>", AFFINE, " easy</think>\n" + fence("python", "def f(x):\n    return 2 * x + 1"), -1.0),
+    ("unicode", AFFINE, respond(fence("python", "def f(x):\n    \"\"\"× 2 + 1 ✓\"\"\"\n    return 2 * x + 1")), 1.0),
+    ("enormous answer", AFFINE, respond(fence("python", "def f(x):\n    return 2 * x + 1\n" + "#" * 20_000)), -1.0),
+]
+
+SOLVE_TABLE = [("deduction",) + c for c in DEDUCTION_SOLVE] + [("abduction",) + c for c in ABDUCTION_SOLVE] + \
+              [("induction",) + c for c in INDUCTION_SOLVE]
+
+
+def test_solver_table(executor):
+    """All solver cases of all three types; one run_batch call per type."""
+    for task_type in buffers.TASK_TYPES:
+        cases = [c for c in SOLVE_TABLE if c[0] == task_type]
+        solutions = score_solutions(executor, task_type, [c[2] for c in cases], [c[3] for c in cases])
+        for (_, name, _, _, expected), solution in zip(cases, solutions):
+            assert solution.reward == expected, (task_type, name, solution)
+            assert solution.correct == (expected == 1.0), (task_type, name)
+            assert solution.parsed.ok == (expected != -1.0), (task_type, name)
+
+
+def test_solver_rewards_come_from_config(executor):
+    rewards = Rewards(format_error=-3.0, wrong=-0.25)
+    responses = [respond(fence("output", "[1, 2]")), respond(fence("output", "[2]")), respond("[1, 2]")]
+    got = [s.reward for s in score_solutions(executor, "deduction", [SORT] * 3, responses, rewards)]
+    assert got == [1.0, -0.25, -3.0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Proposer tables: (response, expected composite reward at solve rate 1/4, expected status)
+
+def propose(program, inp="5"):
+    return respond(fence("python", program) + "\n" + fence("input", inp), think=" A new task.\n")
+
+
+GOOD = "def helper(n):\n    return n * (n + 1) // 2\n\ndef f(x):\n    return [helper(i) for i in range(x)]"
+COUNTER = "calls = [0]\n\ndef f(x):\n    calls[0] += 1\n    return x + calls[0]"
+TRIPLET_PROPOSE = [
+    ("valid", propose(GOOD), 0.75, "ok"),
+    ("valid, unicode", propose("def f(s):\n    return s.upper() + '✓'", "'größe'"), 0.75, "ok"),
+    ("valid, extra text after </answer>", propose(GOOD) + "\nThat is my task.", 0.75, "ok"),
+    ("banned import", propose("import random\n\ndef f(x):\n    return x"), -0.5, "banned"),
+    ("banned import inside f", propose("def f(x):\n    import os.path\n    return x"), -0.5, "banned"),
+    ("non-deterministic", propose(COUNTER), -0.5, "nondeterministic"),
+    ("infinite loop", propose("def f(x):\n    while True:\n        x += 1\n    return x"), -0.5, "timeout"),
+    ("prints instead of returning", propose("def f(x):\n    print(x * 2)"), -0.5, None),
+    ("raises", propose("def f(x):\n    return x[0]"), -0.5, "error"),
+    ("output too long", propose("def f(x):\n    return 'ab' * 1000 * x"), -0.5, "too_long"),
+    ("syntax error", propose("def f(x):\n    return (x"), -1.0, "syntax"),
+    ("no f", propose("def g(x):\n    return x"), -1.0, "no_f"),
+    ("no input fence", respond(fence("python", GOOD)), -1.0, "no_input_fence"),
+    ("no python fence", respond(fence("input", "5")), -1.0, "no_python_fence"),
+    ("bad input", propose(GOOD, "5)"), -1.0, "bad_input"),
+    ("empty input", propose(GOOD, ""), -1.0, "bad_input"),
+    ("no </think>", "<answer>" + fence("python", GOOD) + fence("input", "5") + "</answer>", -1.0, "no_think"),
+    ("no <answer>", " done</think>\n" + fence("python", GOOD) + fence("input", "5"), -1.0, "no_answer"),
+    ("doubled fences, last counts", respond(fence("python", "def f(x):\n    return (") + fence("python", GOOD)
+                                            + fence("input", "'x'") + fence("input", "4")), 0.75, "ok"),
+    ("enormous program", propose(GOOD + "\n" + "# padding\n" * 2000), -1.0, "payload_too_long"),
+]
+
+
+def test_deduction_and_abduction_proposer_table(executor):
+    for task_type in ("deduction", "abduction"):
+        proposals = score_proposals(executor, task_type, [c[1] for c in TRIPLET_PROPOSE])
+        for (name, _, expected, status), proposal in zip(TRIPLET_PROPOSE, proposals):
+            assert proposer_reward(proposal, 0.25) == expected, (task_type, name, proposal.status)
+            if status is not None:
+                assert proposal.status == status, (task_type, name, proposal.status)
+            assert proposal.valid == (expected >= 0), (task_type, name)
+        valid = proposals[0].task
+        assert valid == Triplet(buffers.parse_response(TRIPLET_PROPOSE[0][1], task_type, "propose").payload["program"],
+                                "5", "[0, 1, 3, 6, 10]")
+        assert proposals[-2].task.input == "4"  # the last input fence counts
+
+
+def induction_proposal(inputs, message="doubles its input and adds one"):
+    body = "\n".join(fence("input", i) for i in inputs)
+    if message is not None:
+        body += "\n" + fence("message", message)
+    return respond(body, think=" Cover negatives and zero.\n")
+
+
+INDUCTION_PROPOSE = [
+    ("valid", induction_proposal(AFFINE_INPUTS), 0.75, "ok"),
+    ("valid, keyword and unicode message", induction_proposal(["x=%d" % i for i in range(10)], "× 2 + 1 ✓"), 0.75, "ok"),
+    ("12 inputs, last 10 distinct", induction_proposal(["0", "0"] + AFFINE_INPUTS), 0.75, "ok"),
+    ("9 inputs", induction_proposal(AFFINE_INPUTS[:9]), -1.0, "few_inputs"),
+    ("no message", induction_proposal(AFFINE_INPUTS, None), -1.0, "no_message_fence"),
+    ("empty message", induction_proposal(AFFINE_INPUTS, "  "), -1.0, "empty_message"),
+    ("duplicate inputs", induction_proposal(AFFINE_INPUTS[:9] + ["0"]), -0.5, "duplicate_inputs"),
+    ("duplicate inputs up to spacing", induction_proposal(["(%d, 1)" % i for i in range(9)] + ["(0,1)"]), -0.5,
+     "duplicate_inputs"),
+    ("one input raises", induction_proposal(AFFINE_INPUTS[:9] + ["'a'"]), -0.5, "error"),
+    ("unparseable input", induction_proposal(AFFINE_INPUTS[:9] + ["[1,"]), -1.0, "bad_input"),
+    ("no </think>", "<answer>" + "".join(fence("input", i) for i in AFFINE_INPUTS) + "</answer>", -1.0, "no_think"),
+    ("enormous message", induction_proposal(AFFINE_INPUTS, "x" * 50_000), -1.0, "payload_too_long"),
+]
+
+
+def test_induction_proposer_table(executor):
+    # One program for every case: 2x + 1 on ints, len on tuples, and a TypeError on the string 'a'.
+    program = "def f(x=0):\n    return 2 * x + 1 if isinstance(x, int) else len(x) + x[0] * 0"
+    proposals = score_proposals(executor, "induction", [c[1] for c in INDUCTION_PROPOSE],
+                                [Triplet(program, "1", "3")] * len(INDUCTION_PROPOSE))
+    for (name, _, expected, status), proposal in zip(INDUCTION_PROPOSE, proposals):
+        assert proposer_reward(proposal, 0.25) == expected, (name, proposal.status)
+        assert proposal.status == status, (name, proposal.status)
+    task = proposals[0].task
+    assert task == InductionTask(program, "doubles its input and adds one", AFFINE_INPUTS, AFFINE.outputs)
+    assert task.shown_pairs == list(zip(AFFINE_INPUTS[:5], AFFINE.outputs[:5]))
+    assert task.hidden_pairs == list(zip(AFFINE_INPUTS[5:], AFFINE.outputs[5:]))
+    assert proposals[2].task.inputs == AFFINE_INPUTS
+
+
+def test_induction_program_may_be_given_as_source(executor):
+    [proposal] = score_proposals(executor, "induction", [induction_proposal(AFFINE_INPUTS)], [AFFINE.program])
+    assert proposal.valid and proposal.task.outputs == AFFINE.outputs
+
+
+def test_learnability_and_proposer_reward():
+    assert learnability([0] * 8) == 0.0  # never solved: too hard
+    assert learnability([1] * 8) == 0.0  # always solved: trivial
+    assert learnability([1] + [0] * 7) == pytest.approx(7 / 8)  # s = 1/8
+    assert learnability([True] * 7 + [False]) == pytest.approx(1 / 8)  # s = 7/8
+    assert learnability([]) == 0.0
+    valid = buffers.Proposal(buffers.Parsed(True, ""), identity_triplet(), "ok")
+    invalid = buffers.Proposal(buffers.Parsed(True, ""), None, "error")
+    malformed = buffers.Proposal(buffers.Parsed(False, "no_think"), None, "no_think")
+    assert [proposer_reward(valid, s) for s in (0.0, 1 / 8, 7 / 8, 1.0)] == [0.0, 7 / 8, 1 / 8, 0.0]
+    rewards = Rewards(format_error=-2.0, wrong=-0.1)
+    assert proposer_reward(invalid, None, rewards) == -0.1
+    assert proposer_reward(malformed, None, rewards) == -2.0
+
+
+class CountingExecutor:
+    """Wraps the real executor and counts run_batch calls."""
+
+    def __init__(self, executor):
+        self.executor, self.calls = executor, 0
+
+    def run_batch(self, calls):
+        self.calls += 1
+        return self.executor.run_batch(calls)
+
+
+def test_scoring_is_one_batch_per_call(executor):
+    counting = CountingExecutor(executor)
+    score_solutions(counting, "deduction", [SORT] * 40, [respond(fence("output", f"[{i}]")) for i in range(40)])
+    score_proposals(counting, "induction", [induction_proposal(AFFINE_INPUTS)] * 5, [AFFINE.program] * 5)
+    assert counting.calls == 2
+    score_solutions(counting, "abduction", [SORT] * 3, ["garbage"] * 3)  # nothing to run
+    assert counting.calls == 2
+
+
+def test_parse_never_raises():
+    rng = random.Random(0)
+    alphabet = ["<think>", "</think>", "<answer>", "</answer>", "```", "python", "input", "output", "message",
+                "\n", " ", "f(", ")", "def f(x):", "return", "'", "\x00", "é", "[", "1", ","]
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(40)))
+        for task_type in buffers.TASK_TYPES:
+            for role in buffers.ROLES:
+                parsed = parse_response(text, task_type, role)
+                assert parsed.ok == (parsed.reason == "")
+    deep = respond(fence("output", "[" * 100_000))
+    assert parse_response(deep, "deduction", "solve").reason == "payload_too_long"
+    nested = respond(fence("output", "[" * 600 + "]" * 600))  # deep but short: ast may refuse, never crash
+    parse_response(nested, "deduction", "solve")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Seeds and prompts
+
+def test_identity_seeds_are_valid(executor):
+    seed = identity_triplet()
+    assert (seed.program, seed.input) == ("def f(a):\n    return a", "'Hello world'")
+    task = identity_induction_task()
+    assert len(task.inputs) == len(task.outputs) == N_IO and len(set(task.inputs)) == N_IO
+    assert task.message == "returns its input unchanged"
+    results = executor.run_batch([("validate", seed.program, seed.input)]
+                                 + [("validate", task.program, i) for i in task.inputs])
+    assert [r.status for r in results] == ["ok"] * (1 + N_IO)
+    assert [r.output for r in results] == [seed.output] + task.outputs
+
+
+def test_prompts():
+    prompt = format_prompt("Do it.")
+    assert prompt.endswith("User: Do it.\nAssistant: <think>") and "<answer> </answer>" in prompt
+    references = [identity_triplet(), SORT]
+    for task_type in ("deduction", "abduction"):
+        text = proposer_prompt(task_type, references)
+        assert text.endswith("Assistant: <think>")
+        assert "Reference 1:\n```python\ndef f(a):" in text and "Reference 2:\n```python\n" + SORT.program in text
+        assert "```input\n[3, 1, 2], 2\n```\n```output\n[1, 2]\n```" in text
+        assert all(module in text for module in BANNED_MODULES)
+        assert len(proposer_prompt(task_type, [SORT] * 6)) < 4000  # short enough for small models
+    text = proposer_prompt("induction", SORT)
+    assert SORT.program in text and "f(<input goes here>)" in text and "```message" in text
+    assert proposer_prompt("induction", SORT.program) == text
+
+    deduction = solver_prompt("deduction", SORT)
+    assert SORT.program in deduction and SORT.input in deduction and "[1, 2]" not in deduction
+    assert "```output" in deduction
+    abduction = solver_prompt("abduction", SORT)
+    assert "```output\n[1, 2]\n```" in abduction and "[3, 1, 2]" not in abduction and "```input" in abduction
+    induction = solver_prompt("induction", AFFINE)
+    assert AFFINE.message in induction and "2 * x" not in induction and "```python" in induction
+    assert all(f"```input\n{i}\n```" in induction for i in AFFINE.inputs[:5])
+    assert not any(f"```input\n{i}\n```" in induction for i in AFFINE.inputs[5:])  # hidden pairs stay hidden
+
+
+# ---------------------------------------------------------------------------------------------------
+# Buffers
+
+def test_buffer_dedupe_and_jsonl_round_trip(tmp_path):
+    path = str(tmp_path / "ded.jsonl")
+    buffer = TaskBuffer(path)
+    assert buffer.add(identity_triplet()) and buffer.add(SORT) and buffer.add(UNICODE)
+    assert not buffer.add(Triplet(SORT.program, SORT.input, "anything"))  # same (program, input)
+    assert buffer.add(Triplet(SORT.program, "[5], 1", "[5]"))
+    assert len(buffer) == 4
+    reloaded = TaskBuffer(path)
+    assert list(reloaded) == list(buffer) == [identity_triplet(), SORT, UNICODE, Triplet(SORT.program, "[5], 1", "[5]")]
+    assert not reloaded.add(SORT)
+
+    ind_path = str(tmp_path / "ind.jsonl")
+    induction = TaskBuffer(ind_path)
+    assert induction.add(identity_induction_task()) and induction.add(AFFINE)
+    assert not induction.add(InductionTask(AFFINE.program, "other hint", list(AFFINE.inputs), AFFINE.outputs))
+    assert TaskBuffer(ind_path).items == [identity_induction_task(), AFFINE]
+    assert TaskBuffer().add(SORT)  # in memory only
+
+
+def test_buffer_survives_truncated_last_line(tmp_path):
+    path = tmp_path / "abd.jsonl"
+    buffer = TaskBuffer(str(path))
+    for i in range(5):
+        buffer.add(Triplet(SORT.program, f"[{i}], 1", f"[{i}]"))
+    data = path.read_bytes()
+    path.write_bytes(data[:-20])  # killed in the middle of writing the 5th line
+    with pytest.warns(UserWarning, match="corrupt"):
+        resumed = TaskBuffer(str(path))
+    assert resumed.items == buffer.items[:4]
+    assert resumed.add(Triplet(SORT.program, "[9], 1", "[9]"))  # appends start on a clean line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = TaskBuffer(str(path))
+    assert again.items == buffer.items[:4] + [Triplet(SORT.program, "[9], 1", "[9]")]
+
+
+def test_buffer_skips_corrupt_middle_line(tmp_path):
+    path = tmp_path / "ded.jsonl"
+    TaskBuffer(str(path)).add(SORT)
+    with open(path, "a") as fh:
+        fh.write('{"program": "x"}\nnot json\n')
+    TaskBuffer(str(path)).add(UNICODE)
+    with pytest.warns(UserWarning):
+        assert TaskBuffer(str(path)).items == [SORT, UNICODE]
+
+
+def test_sampling_is_reproducible_and_identical_across_instances(tmp_path):
+    tasks = [Triplet(f"def f(x):\n    return x + {i}", "1", str(1 + i)) for i in range(20)]
+    first, second = TaskBuffer(str(tmp_path / "a.jsonl")), TaskBuffer()
+    for task in tasks:
+        first.add(task)
+        second.add(task)
+    rng_a, rng_b = random.Random(1234), random.Random(1234)
+    draws_a = [first.sample(6, rng_a) for _ in range(5)]
+    draws_b = [second.sample(6, rng_b) for _ in range(5)]
+    assert draws_a == draws_b
+    assert TaskBuffer(str(tmp_path / "a.jsonl")).sample(6, random.Random(1234)) == draws_a[0]  # after reload
+    assert all(len(set(map(id, d))) == 6 for d in draws_a)  # without replacement
+    assert len({tuple(map(id, d)) for d in draws_a}) > 1  # the rng state advances
+    assert len(first.sample(50, random.Random(0))) == 20  # k capped at len
+    assert TaskBuffer().sample(3, random.Random(0)) == []
+    # uniform: every task drawn about equally often
+    rng = random.Random(0)
+    counts = [0] * 20
+    for _ in range(2000):
+        for task in first.sample(3, rng):
+            counts[tasks.index(task)] += 1
+    assert min(counts) > 220 and max(counts) < 380  # expectation 300 each
