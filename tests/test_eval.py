@@ -208,8 +208,9 @@ def test_bad_input_is_one_line_error(tmp_path):
     ]:
         proc = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), *argv],
                               capture_output=True, text=True, cwd=tmp_path)
-        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
-        assert len(proc.stderr.strip().splitlines()) <= 2  # argparse: usage line + error line
+        last = proc.stderr.strip().splitlines()[-1]  # argparse puts its usage lines first
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert last.startswith("eval.py: error:") and message in last
 
 
 def test_cli_summary_is_last_line(tmp_path):
@@ -220,3 +221,100 @@ def test_cli_summary_is_last_line(tmp_path):
                            "--generations", str(gen)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "gsm8k: pass@1 60.0  pass@5 100.0  [2 problems, 5 answers each]"
+
+
+# ---------------------------------------------------------------------------------- generate mode
+
+def response(tag, body):
+    return f"I work it out.</think>\n<answer>\n```{tag}\n{body}\n```\n</answer>"
+
+
+def test_responses_to_generations():
+    assert ev.to_generation("cruxeval-o", response("output", "[1, 2]")) == "[1, 2]"
+    assert ev.to_generation("cruxeval-i", response("input", "'ab', 3")) == "f('ab', 3)"
+    assert ev.to_generation("cruxeval-o", "no think close <answer>1</answer>") == ""  # malformed: wrong
+    assert ev.to_generation("cruxeval-i", response("input", "1), g(2")) == ""  # smuggled code: rejected
+    code = "def add(a, b):\n    return a + b\n"
+    assert ev.to_generation("humaneval", "x</think><answer>\n```python\n" + code + "```\n</answer>") == code
+    assert ev.to_generation("mbpp", "```python\nold\n```\n```py\n" + code + "```") == code  # no <answer>
+    assert ev.to_generation("math", "so \\boxed{2}") == "so \\boxed{2}"  # scored by extraction
+
+
+class TextTokenizer:
+    """One token per text: lets a scripted sampler see whole prompts and return whole responses."""
+    def __init__(self):
+        self.texts = []
+
+    def encode(self, text):
+        self.texts.append(text)
+        return [len(self.texts) - 1]
+
+    def decode(self, tokens, skip_special_tokens=True):
+        return "".join(self.texts[t] for t in tokens)
+
+
+def scripted_model(monkeypatch, answer_for):
+    """Replaces model.py's loader and sampler: the response to each prompt is answer_for(prompt)."""
+    import types
+
+    import model
+    tokenizer = TextTokenizer()
+    seen = []
+
+    def generate(model_, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None):
+        texts = [tokenizer.decode(p) for p in prompts]
+        seen.extend(texts)
+        return [[types.SimpleNamespace(tokens=tokenizer.encode(answer_for(t)), logprobs=[])] * n for t in texts]
+
+    monkeypatch.setattr(model, "load_model", lambda *a, **k: (None, tokenizer))
+    monkeypatch.setattr(model, "default_stop_ids", lambda tok: [])
+    monkeypatch.setattr(model, "generate", generate)
+    return seen
+
+
+@needs_crux
+@pytest.mark.parametrize("bench", ["cruxeval-o", "cruxeval-i"])
+def test_generate_mode_with_right_answers(monkeypatch, tmp_path, bench):
+    problems = read(CRUX)[:10]
+    data = tmp_path / "crux.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in problems))
+
+    def answer_for(prompt):
+        p = next(p for p in problems if p["code"] in prompt)
+        return response("output", p["output"]) if bench == "cruxeval-o" else response("input", p["input"])
+    seen = scripted_model(monkeypatch, answer_for)
+    out = tmp_path / "out.json"
+    ev.main(["--bench", bench, "--data", str(data), "--model", "scripted", "--n", "2",
+             "--temperature", "1", "--batch-size", "3", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["pass@1"] == 100.0 and len(result["responses"]) == 10
+    assert len(seen) == 10 and all(s.endswith("Assistant: <think>") for s in seen)
+    shown = "```input" if bench == "cruxeval-o" else "```output"  # deduction sees the input, abduction the output
+    assert all(shown in s for s in seen)
+
+
+def test_generate_mode_code_and_math(monkeypatch, tmp_path):
+    problems = read(os.path.join(DATA, "humaneval-tiny.jsonl"))
+    scripted_model(monkeypatch, lambda prompt: next(
+        response("python", p["prompt"] + p["canonical_solution"]) for p in problems if p["prompt"] in prompt))
+    result = ev.main(["--bench", "humaneval", "--data", os.path.join(DATA, "humaneval-tiny.jsonl"), "--model", "s"])
+    assert result["pass@1"] == 100.0
+    golds = {"lowest terms": "\\dfrac12", "2x + 4": "3", "meets": "(1, 1)", "sqrt{12}": "2\\sqrt3"}
+    scripted_model(monkeypatch, lambda prompt: next(
+        f"so</think><answer>\\boxed{{{g}}}</answer>" for key, g in golds.items() if key in prompt))
+    result = ev.main(["--bench", "math", "--data", os.path.join(DATA, "math-tiny.jsonl"), "--model", "s"])
+    assert result["pass@1"] == 100.0
+
+
+@needs_crux
+def test_generate_mode_tiny_random_model(tiny_checkpoint, tmp_path):
+    """The real loader and sampler: a random model's answers are malformed, hence scored wrong."""
+    data = tmp_path / "crux.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in read(CRUX)[:3]))
+    out = tmp_path / "out.json"
+    ev.main(["--bench", "cruxeval-i", "--data", str(data), "--model", str(tiny_checkpoint), "--n", "2",
+             "--temperature", "1", "--max-new-tokens", "6", "--device", "cpu", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["pass@1"] == 0.0 and result["pass@5"] is None
+    assert [len(r) for r in result["responses"].values()] == [2, 2, 2]
+    assert all(s == [False, False] for s in result["scores"].values())
