@@ -26,6 +26,7 @@ import json
 import os
 import random
 import re
+import textwrap
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -106,6 +107,16 @@ def identity_induction_task() -> InductionTask:
 # Buffers
 
 
+def _check_types(task):
+    """Raise ValueError unless a task loaded from JSON has the field types and pair count we write."""
+    values = [task.program, task.input, task.output] if isinstance(task, Triplet) else \
+        [task.program, task.message, *task.inputs, *task.outputs]
+    if not all(isinstance(v, str) for v in values):
+        raise ValueError("task fields must be strings")
+    if isinstance(task, InductionTask) and not (len(task.inputs) == len(task.outputs) == N_IO):
+        raise ValueError(f"an induction task needs {N_IO} inputs and outputs")
+
+
 class TaskBuffer:
     """The tasks of one type, deduplicated, in insertion order, optionally persisted as JSONL.
 
@@ -142,6 +153,7 @@ class TaskBuffer:
         try:
             record = json.loads(line.decode("utf-8"))
             task = InductionTask(**record) if "inputs" in record else Triplet(**record)
+            _check_types(task)
         except Exception as e:  # corrupt JSON, bad UTF-8, wrong fields: skip, never fatal
             warnings.warn(f"skipping corrupt buffer line {where}: {type(e).__name__}: {e}")
             return False
@@ -332,7 +344,8 @@ def _check_input(src: str, values_only: bool) -> str:
     if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "f"
             and (call.args or call.keywords)):
         return "bad_input"
-    if values_only and not (all(map(_is_value, call.args)) and all(_is_value(k.value) for k in call.keywords)):
+    arguments = call.args + [k.value for k in call.keywords]
+    if values_only and not all(map(_is_value, arguments)):
         return "bad_input"
     return ""
 
@@ -348,7 +361,8 @@ def _check_output(src: str) -> str:
 
 
 def _fences(answer: str, tag: str) -> list[str]:
-    return [body.strip() for t, body in _FENCE.findall(answer) if t == tag]
+    # dedent: a block indented as a whole (common inside lists) is still valid code
+    return [textwrap.dedent(body).strip() for t, body in _FENCE.findall(answer) if t == tag]
 
 
 def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
@@ -375,7 +389,8 @@ def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
         if not inputs:
             return fail("no_input_fence")
         reason = _check_program(programs[-1]) or _check_input(inputs[-1], values_only=False)
-        return fail(reason) if reason else Parsed(True, "", answer, {"program": programs[-1], "input": inputs[-1]})
+        payload = {"program": programs[-1], "input": inputs[-1]}
+        return fail(reason) if reason else Parsed(True, "", answer, payload)
     if role == "propose":  # induction: the last N_IO input fences and a message
         inputs, messages = _fences(answer, "input"), _fences(answer, "message")
         if len(inputs) < N_IO:
@@ -388,7 +403,8 @@ def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
         if len(messages[-1]) > MAX_MESSAGE_CHARS:
             return fail("payload_too_long")
         reason = next((r for r in (_check_input(i, values_only=False) for i in inputs) if r), "")
-        return fail(reason) if reason else Parsed(True, "", answer, {"inputs": inputs, "message": messages[-1]})
+        payload = {"inputs": inputs, "message": messages[-1]}
+        return fail(reason) if reason else Parsed(True, "", answer, payload)
     tag, check = {"deduction": ("output", _check_output),
                   "abduction": ("input", lambda s: _check_input(s, values_only=True)),
                   "induction": ("python", _check_program)}[task_type]
@@ -427,7 +443,8 @@ def _distinct_key(src: str) -> str:
     return ast.dump(ast.parse(f"f({src})", mode="eval"))
 
 
-def score_proposals(executor, task_type: str, responses: list[str], references_or_programs=None) -> list[Proposal]:
+def score_proposals(executor, task_type: str, responses: list[str],
+                    references_or_programs=None) -> list[Proposal]:
     """Validate proposer responses (spec 4). For induction, references_or_programs[j] is the program
     (a Triplet or its source) that response j proposed inputs for; deduction/abduction ignore it."""
     parsed = [parse_response(r, task_type, "propose") for r in responses]
@@ -473,7 +490,8 @@ def score_proposals(executor, task_type: str, responses: list[str], references_o
     return proposals
 
 
-def score_solutions(executor, task_type: str, tasks: list, responses: list[str], rewards: Rewards = Rewards()) -> list[Solution]:
+def score_solutions(executor, task_type: str, tasks: list, responses: list[str],
+                    rewards: Rewards = Rewards()) -> list[Solution]:
     """Score solver responses against their tasks (tasks[j] goes with responses[j])."""
     parsed = [parse_response(r, task_type, "solve") for r in responses]
     calls, owners = [], []

@@ -6,9 +6,9 @@ import warnings
 import pytest
 
 import buffers
-from buffers import (N_IO, InductionTask, Rewards, TaskBuffer, Triplet, format_prompt, identity_induction_task,
-                     identity_triplet, learnability, parse_response, proposer_prompt, proposer_reward,
-                     score_proposals, score_solutions, solver_prompt)
+from buffers import (N_IO, InductionTask, Rewards, TaskBuffer, Triplet, format_prompt,
+                     identity_induction_task, identity_triplet, learnability, parse_response, proposer_prompt,
+                     proposer_reward, score_proposals, score_solutions, solver_prompt)
 from executor import BANNED_MODULES, Executor
 
 
@@ -30,6 +30,11 @@ def fence(tag, text):
     return f"```{tag}\n{text}\n```"
 
 
+def answer(tag, text, **kw):
+    """A well-formed response whose answer is one fenced block."""
+    return respond(fence(tag, text), **kw)
+
+
 SORT = Triplet("def f(xs, k):\n    return sorted(xs)[:k]", "[3, 1, 2], 2", "[1, 2]")
 UNICODE = Triplet("def f(s):\n    return s[::-1]", "'héllo wörld ✓'", "'✓ dlröw olléh'")
 AFFINE_INPUTS = ["0", "1", "2", "-3", "10", "7", "-1", "100", "5", "-20"]
@@ -41,70 +46,70 @@ HUGE = "[" + ", ".join(["1"] * 50_000) + "]"
 # Solver tables: (task, response, expected composite reward)
 
 DEDUCTION_SOLVE = [
-    ("correct", SORT, respond(fence("output", "[1, 2]")), 1.0),
-    ("correct, other spacing", SORT, respond(fence("output", "[1,2]")), 1.0),
-    ("wrong", SORT, respond(fence("output", "[3, 1]")), -0.5),
-    ("wrong type", SORT, respond(fence("output", "(1, 2)")), -0.5),
+    ("correct", SORT, answer("output", "[1, 2]"), 1.0),
+    ("correct, other spacing", SORT, answer("output", "[1,2]"), 1.0),
+    ("wrong", SORT, answer("output", "[3, 1]"), -0.5),
+    ("wrong type", SORT, answer("output", "(1, 2)"), -0.5),
     ("no </think>", SORT, "I think it is\n<answer>\n" + fence("output", "[1, 2]") + "\n</answer>", -1.0),
     ("no <answer>", SORT, " sorting gives [1, 2]</think>\nThe answer is [1, 2].", -1.0),
     ("unclosed </answer>", SORT, " ok</think>\n<answer>\n" + fence("output", "[1, 2]"), -1.0),
     ("text between think and answer", SORT, " ok</think> so: <answer>" + fence("output", "[1, 2]") + "</answer>",
      -1.0),
     ("no fence", SORT, respond("[1, 2]"), -1.0),
-    ("untagged fence", SORT, respond(fence("", "[1, 2]")), -1.0),
-    ("wrong fence tag", SORT, respond(fence("python", "[1, 2]")), -1.0),
+    ("untagged fence", SORT, answer("", "[1, 2]"), -1.0),
+    ("wrong fence tag", SORT, answer("python", "[1, 2]"), -1.0),
     ("unclosed fence", SORT, respond("```output\n[1, 2]"), -1.0),
     ("doubled fences, last correct", SORT, respond(fence("output", "[3]") + "\n" + fence("output", "[1, 2]")), 1.0),
     ("doubled fences, last wrong", SORT, respond(fence("output", "[1, 2]") + "\n" + fence("output", "[3]")), -0.5),
-    ("extra text after </answer>", SORT, respond(fence("output", "[1, 2]")) + "\nHope this helps! </think>", 1.0),
-    ("re-opened <think>", SORT, "<think>" + respond(fence("output", "[1, 2]")), 1.0),
+    ("extra text after </answer>", SORT, answer("output", "[1, 2]") + "\nHope this helps! </think>", 1.0),
+    ("re-opened <think>", SORT, "<think>" + answer("output", "[1, 2]"), 1.0),
     ("unicode", UNICODE, respond(fence("output", "'✓ dlröw olléh'"), think=" 逆順にする ✓\n"), 1.0),
-    ("unicode, wrong", UNICODE, respond(fence("output", "'héllo wörld ✓'")), -0.5),
-    ("enormous answer", SORT, respond(fence("output", HUGE)), -1.0),
+    ("unicode, wrong", UNICODE, answer("output", "'héllo wörld ✓'"), -0.5),
+    ("enormous answer", SORT, answer("output", HUGE), -1.0),
     ("enormous think, correct", SORT, respond(fence("output", "[1, 2]"), think="hmm " * 50_000), 1.0),
-    ("expression, not a value", SORT, respond(fence("output", "sorted([3, 1, 2])[:2]")), -1.0),
-    ("calls f", SORT, respond(fence("output", "f([3, 1, 2], 2)")), -1.0),
-    ("unparseable", SORT, respond(fence("output", "[1, 2")), -1.0),
+    ("expression, not a value", SORT, answer("output", "sorted([3, 1, 2])[:2]"), -1.0),
+    ("calls f", SORT, answer("output", "f([3, 1, 2], 2)"), -1.0),
+    ("unparseable", SORT, answer("output", "[1, 2"), -1.0),
 ]
 
 ABDUCTION_SOLVE = [
-    ("gold input", SORT, respond(fence("input", "[3, 1, 2], 2")), 1.0),
-    ("another input that works", SORT, respond(fence("input", "[2, 9, 1], 2")), 1.0),
-    ("keyword argument", SORT, respond(fence("input", "[1, 2], k=5")), 1.0),
-    ("wrong", SORT, respond(fence("input", "[5, 6], 2")), -0.5),
-    ("wrong arity", SORT, respond(fence("input", "[1, 2]")), -0.5),
+    ("gold input", SORT, answer("input", "[3, 1, 2], 2"), 1.0),
+    ("another input that works", SORT, answer("input", "[2, 9, 1], 2"), 1.0),
+    ("keyword argument", SORT, answer("input", "[1, 2], k=5"), 1.0),
+    ("wrong", SORT, answer("input", "[5, 6], 2"), -0.5),
+    ("wrong arity", SORT, answer("input", "[1, 2]"), -0.5),
     ("no </think>", SORT, "<answer>" + fence("input", "[3, 1, 2], 2") + "</answer>", -1.0),
     ("no fence", SORT, respond("[3, 1, 2], 2"), -1.0),
-    ("output fence instead", SORT, respond(fence("output", "[3, 1, 2], 2")), -1.0),
+    ("output fence instead", SORT, answer("output", "[3, 1, 2], 2"), -1.0),
     ("doubled fences, last correct", SORT, respond(fence("input", "[9], 1") + fence("input", "[1, 2], 2")), 1.0),
-    ("extra text after </answer>", SORT, respond(fence("input", "[1, 2], 2")) + " <answer>oops", 1.0),
-    ("unicode", UNICODE, respond(fence("input", "'héllo wörld ✓'")), 1.0),
-    ("enormous answer", SORT, respond(fence("input", HUGE + ", 2")), -1.0),
+    ("extra text after </answer>", SORT, answer("input", "[1, 2], 2") + " <answer>oops", 1.0),
+    ("unicode", UNICODE, answer("input", "'héllo wörld ✓'"), 1.0),
+    ("enormous answer", SORT, answer("input", HUGE + ", 2"), -1.0),
     ("expression, not a value", SORT, respond(fence("input", "list(reversed([1, 2])), 2")), -1.0),
     ("smuggled code", SORT, respond(fence("input", "[1, 2], 2), print(1")), -1.0),
-    ("empty", SORT, respond(fence("input", "")), -1.0),
+    ("empty", SORT, answer("input", ""), -1.0),
 ]
 
 _HARDCODED = "def f(x):\n    return {0: 1, 1: 3, 2: 5, -3: -5, 10: 21}[x]"
 INDUCTION_SOLVE = [
-    ("correct", AFFINE, respond(fence("python", "def f(x):\n    return x + x + 1")), 1.0),
-    ("with a helper", AFFINE, respond(fence("python", "def g(x):\n    return 2 * x\n\ndef f(x):\n    return g(x) + 1")),
+    ("correct", AFFINE, answer("python", "def f(x):\n    return x + x + 1"), 1.0),
+    ("with a helper", AFFINE, answer("python", "def g(x):\n    return 2 * x\n\ndef f(x):\n    return g(x) + 1"),
      1.0),
-    ("fits only the shown pairs", AFFINE, respond(fence("python", _HARDCODED)), -0.5),
+    ("fits only the shown pairs", AFFINE, answer("python", _HARDCODED), -0.5),
     ("fits 4 of 5 hidden pairs", AFFINE,
-     respond(fence("python", "def f(x):\n    return 2 * x + 1 if x != -20 else 0")), -0.5),
-    ("raises", AFFINE, respond(fence("python", "def f(x):\n    return x / 0")), -0.5),
-    ("banned import", AFFINE, respond(fence("python", "import os\ndef f(x):\n    return 2 * x + 1")), -0.5),
-    ("syntax error", AFFINE, respond(fence("python", "def f(x)\n    return 2 * x + 1")), -1.0),
-    ("no f", AFFINE, respond(fence("python", "def g(x):\n    return 2 * x + 1")), -1.0),
+     answer("python", "def f(x):\n    return 2 * x + 1 if x != -20 else 0"), -0.5),
+    ("raises", AFFINE, answer("python", "def f(x):\n    return x / 0"), -0.5),
+    ("banned import", AFFINE, answer("python", "import os\ndef f(x):\n    return 2 * x + 1"), -0.5),
+    ("syntax error", AFFINE, answer("python", "def f(x)\n    return 2 * x + 1"), -1.0),
+    ("no f", AFFINE, answer("python", "def g(x):\n    return 2 * x + 1"), -1.0),
     ("no fence", AFFINE, respond("def f(x):\n    return 2 * x + 1"), -1.0),
     ("no <answer>", AFFINE, " easy</think>\n" + fence("python", "def f(x):\n    return 2 * x + 1"), -1.0),
-    ("unicode", AFFINE, respond(fence("python", "def f(x):\n    \"\"\"× 2 + 1 ✓\"\"\"\n    return 2 * x + 1")), 1.0),
-    ("enormous answer", AFFINE, respond(fence("python", "def f(x):\n    return 2 * x + 1\n" + "#" * 20_000)), -1.0),
+    ("unicode", AFFINE, answer("python", "def f(x):\n    \"\"\"× 2 + 1 ✓\"\"\"\n    return 2 * x + 1"), 1.0),
+    ("enormous answer", AFFINE, answer("python", "def f(x):\n    return 2 * x + 1\n" + "#" * 20_000), -1.0),
 ]
 
-SOLVE_TABLE = [("deduction",) + c for c in DEDUCTION_SOLVE] + [("abduction",) + c for c in ABDUCTION_SOLVE] + \
-              [("induction",) + c for c in INDUCTION_SOLVE]
+SOLVE_TABLE = ([("deduction",) + c for c in DEDUCTION_SOLVE] + [("abduction",) + c for c in ABDUCTION_SOLVE]
+               + [("induction",) + c for c in INDUCTION_SOLVE])
 
 
 def test_solver_table(executor):
@@ -120,7 +125,7 @@ def test_solver_table(executor):
 
 def test_solver_rewards_come_from_config(executor):
     rewards = Rewards(format_error=-3.0, wrong=-0.25)
-    responses = [respond(fence("output", "[1, 2]")), respond(fence("output", "[2]")), respond("[1, 2]")]
+    responses = [answer("output", "[1, 2]"), answer("output", "[2]"), respond("[1, 2]")]
     got = [s.reward for s in score_solutions(executor, "deduction", [SORT] * 3, responses, rewards)]
     assert got == [1.0, -0.25, -3.0]
 
@@ -147,8 +152,8 @@ TRIPLET_PROPOSE = [
     ("output too long", propose("def f(x):\n    return 'ab' * 1000 * x"), -0.5, "too_long"),
     ("syntax error", propose("def f(x):\n    return (x"), -1.0, "syntax"),
     ("no f", propose("def g(x):\n    return x"), -1.0, "no_f"),
-    ("no input fence", respond(fence("python", GOOD)), -1.0, "no_input_fence"),
-    ("no python fence", respond(fence("input", "5")), -1.0, "no_python_fence"),
+    ("no input fence", answer("python", GOOD), -1.0, "no_input_fence"),
+    ("no python fence", answer("input", "5"), -1.0, "no_python_fence"),
     ("bad input", propose(GOOD, "5)"), -1.0, "bad_input"),
     ("empty input", propose(GOOD, ""), -1.0, "bad_input"),
     ("no </think>", "<answer>" + fence("python", GOOD) + fence("input", "5") + "</answer>", -1.0, "no_think"),
@@ -167,9 +172,7 @@ def test_deduction_and_abduction_proposer_table(executor):
             if status is not None:
                 assert proposal.status == status, (task_type, name, proposal.status)
             assert proposal.valid == (expected >= 0), (task_type, name)
-        valid = proposals[0].task
-        assert valid == Triplet(buffers.parse_response(TRIPLET_PROPOSE[0][1], task_type, "propose").payload["program"],
-                                "5", "[0, 1, 3, 6, 10]")
+        assert proposals[0].task == Triplet(GOOD, "5", "[0, 1, 3, 6, 10]")  # output computed by the executor
         assert proposals[-2].task.input == "4"  # the last input fence counts
 
 
@@ -245,7 +248,7 @@ class CountingExecutor:
 
 def test_scoring_is_one_batch_per_call(executor):
     counting = CountingExecutor(executor)
-    score_solutions(counting, "deduction", [SORT] * 40, [respond(fence("output", f"[{i}]")) for i in range(40)])
+    score_solutions(counting, "deduction", [SORT] * 40, [answer("output", f"[{i}]") for i in range(40)])
     score_proposals(counting, "induction", [induction_proposal(AFFINE_INPUTS)] * 5, [AFFINE.program] * 5)
     assert counting.calls == 2
     score_solutions(counting, "abduction", [SORT] * 3, ["garbage"] * 3)  # nothing to run
@@ -262,9 +265,9 @@ def test_parse_never_raises():
             for role in buffers.ROLES:
                 parsed = parse_response(text, task_type, role)
                 assert parsed.ok == (parsed.reason == "")
-    deep = respond(fence("output", "[" * 100_000))
+    deep = answer("output", "[" * 100_000)
     assert parse_response(deep, "deduction", "solve").reason == "payload_too_long"
-    nested = respond(fence("output", "[" * 600 + "]" * 600))  # deep but short: ast may refuse, never crash
+    nested = answer("output", "[" * 600 + "]" * 600)  # deep but short: ast may refuse, never crash
     parse_response(nested, "deduction", "solve")
 
 
@@ -320,7 +323,8 @@ def test_buffer_dedupe_and_jsonl_round_trip(tmp_path):
     assert buffer.add(Triplet(SORT.program, "[5], 1", "[5]"))
     assert len(buffer) == 4
     reloaded = TaskBuffer(path)
-    assert list(reloaded) == list(buffer) == [identity_triplet(), SORT, UNICODE, Triplet(SORT.program, "[5], 1", "[5]")]
+    assert list(reloaded) == list(buffer)
+    assert buffer.items == [identity_triplet(), SORT, UNICODE, Triplet(SORT.program, "[5], 1", "[5]")]
     assert not reloaded.add(SORT)
 
     ind_path = str(tmp_path / "ind.jsonl")
@@ -352,9 +356,10 @@ def test_buffer_skips_corrupt_middle_line(tmp_path):
     path = tmp_path / "ded.jsonl"
     TaskBuffer(str(path)).add(SORT)
     with open(path, "a") as fh:
-        fh.write('{"program": "x"}\nnot json\n')
-    TaskBuffer(str(path)).add(UNICODE)
-    with pytest.warns(UserWarning):
+        fh.write('{"program": "x"}\nnot json\n{"program": 1, "input": 2, "output": 3}\n[1]\n')
+    with pytest.warns(UserWarning, match="corrupt"):
+        TaskBuffer(str(path)).add(UNICODE)
+    with pytest.warns(UserWarning, match="corrupt"):
         assert TaskBuffer(str(path)).items == [SORT, UNICODE]
 
 
