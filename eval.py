@@ -120,7 +120,7 @@ def read_generations(path):
     except json.JSONDecodeError:
         whole = None
     generations = {}
-    if isinstance(whole, dict):
+    if isinstance(whole, dict) and "task_id" not in whole:  # (a one-line samples JSONL has task_id)
         for pid, answers in whole.items():
             answers = [answers] if isinstance(answers, str) else answers
             if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
@@ -392,20 +392,27 @@ def to_generation(bench, response):
 
 
 def sample_responses(args, problems):
-    """{problem id: [n response texts]} sampled with our model, batch by batch."""
+    """{problem id: [n response texts]} sampled with our model. Prompts are batched in order of length
+    so a batch pads little; the seed of a batch is fixed by its position, so a rerun gives the same text."""
+    import torch
     from model import default_stop_ids, generate, load_model
-    model, tokenizer = load_model(args.model, device=args.device)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        model, tokenizer = load_model(args.model, device=device, dtype=dtype)
+    except (OSError, ValueError) as e:  # FileNotFoundError included
+        fail(f"cannot load --model {args.model}: {e}")
     stop_ids = default_stop_ids(tokenizer)
-    ids = list(problems)
+    prompts = {pid: tokenizer.encode(prompt_text(args.bench, problem)) for pid, problem in problems.items()}
+    ids = sorted(prompts, key=lambda pid: len(prompts[pid]))
     responses = {}
     for start in tqdm(range(0, len(ids), args.batch_size), desc="generating", unit="batch"):
         batch = ids[start:start + args.batch_size]
-        prompts = [tokenizer.encode(prompt_text(args.bench, problems[pid])) for pid in batch]
-        samples = generate(model, prompts, args.max_new_tokens, temperature=args.temperature,
-                           stop_ids=stop_ids, n=args.n, seed=args.seed + start)
-        for pid, per_prompt in zip(batch, samples):
+        samples = generate(model, [prompts[pid] for pid in batch], args.max_new_tokens,
+                           temperature=args.temperature, stop_ids=stop_ids, n=args.n, seed=args.seed + start)
+        for pid, per_prompt in zip(batch, samples):  # samples: per prompt, n Samples
             responses[pid] = [tokenizer.decode(s.tokens, skip_special_tokens=True) for s in per_prompt]
-    return responses
+    return {pid: responses[pid] for pid in problems}
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -443,9 +450,6 @@ def fmt(value):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.device is None:
-        import torch
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     data = args.data or default_data(args.bench)
     problems = load_problems(args.bench, data)
     responses = None

@@ -205,6 +205,7 @@ def test_bad_input_is_one_line_error(tmp_path):
         (["--bench", "math", "--data", str(tmp_path / "missing.jsonl"), "--generations", str(gen)], "no such file"),
         (["--bench", "mbpp", "--generations", str(gen)], "needs --data"),
         (["--bench", "math", "--data", data, "--model", "x", "--n", "3"], "needs --temperature > 0"),
+        (["--bench", "math", "--data", data, "--model", str(tmp_path / "no-model")], "cannot load --model"),
     ]:
         proc = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), *argv],
                               capture_output=True, text=True, cwd=tmp_path)
