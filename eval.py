@@ -164,8 +164,8 @@ def cruxeval_script(problem, answer, bench):
     - input prediction: the answer is a call such as `f('abc', 3)` and is wrong when it has no `f(`;
       a call of another name (`g(1)`), or extra text that is not Python, fails to run and is wrong.
       One addition asked for by this project (issue 6): a bare argument list (`'abc', 3`, what our
-      abduction solver answers, spec section 1) is wrapped as `f(...)`; the official script would
-      count it wrong, so files made for it never rely on this.
+      abduction solver answers, spec section 1) is wrapped as `f(...)`. The official script counts
+      it wrong; files written for that script hold calls, so their scores do not change.
     The answer is pasted verbatim into `{code}\\nassert {output} == {answer}`, as the harness does; an
     answer that raises, does not parse or times out (3 s) is wrong but still counts in the n answers."""
     if not answer.strip():  # no answer: wrong either way (no `f(` / a syntax error in the harness)
