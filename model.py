@@ -122,9 +122,10 @@ class KVCache:
                attends slots 0..positions[b]; `length` (host int) bounds the slots any row can attend."""
 
     def __init__(self, config, rows, capacity, n, dtype, device):
+        # Zeros, not empty: masked slots still enter attention as 0 * value, and 0 * NaN garbage is NaN.
         shape = (rows, config.num_kv_heads, capacity, config.head_dim)
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
         self.n, self.capacity = n, capacity
         self.prompt_rows = self.positions = self.mask = None
         self.length = 0
@@ -151,7 +152,7 @@ class KVCache:
         """Drop finished rows: keep (rows',) indices; only the `used` leading slots hold data."""
         for cache in (self.k, self.v):
             for i, old in enumerate(cache):
-                new = old.new_empty((keep.shape[0],) + old.shape[1:])
+                new = old.new_zeros((keep.shape[0],) + old.shape[1:])
                 new[:, :, :used] = old[keep, :, :used]
                 cache[i] = new
 

