@@ -16,8 +16,8 @@ Rewards (eq. 6): a malformed response or unparseable payload gets -1, a well-for
 proposer gets its task's learnability 1 - s for a solve rate 0 < s < 1, else 0 (eq. 4).
 Valid proposals go to per-type buffers (append-only JSONL) that supply references and solver tasks.
 
-Nothing model-written is evaluated here: payloads are only checked with `ast.parse`, and all execution
-goes through `executor.run_batch`, one call per scoring function for the whole batch.
+Nothing model-written is evaluated here: code and inputs are only checked with `ast.parse`, and all
+execution goes through `executor.run_batch`, one call per scoring function for the whole batch.
 """
 from __future__ import annotations
 
@@ -289,35 +289,6 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # A fenced block: ```tag, then the body up to the next ```. Untagged blocks are ignored.
 _FENCE = re.compile(r"```([A-Za-z]+)[ \t\r]*\n(.*?)```", re.DOTALL)
 
-# Solver answers must be *values*, not expressions: otherwise a deduction solver could answer
-# `f('abc')` or `sorted(x)` and let the executor do the work, and an abduction solver could pass an
-# object whose __eq__ is always True. These are the names found in reprs of common values.
-_VALUE_NAMES = {"inf", "nan", "Ellipsis"}
-_VALUE_CALLS = {"set", "frozenset", "dict", "list", "tuple", "str", "bytes", "bytearray", "int", "float",
-                "complex", "bool", "range", "slice", "Counter", "OrderedDict", "deque", "defaultdict",
-                "Decimal", "Fraction"}
-
-
-def _is_value(node) -> bool:
-    if isinstance(node, ast.Constant):
-        return True
-    if isinstance(node, ast.Name):
-        return node.id in _VALUE_NAMES
-    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-        return all(_is_value(e) for e in node.elts)
-    if isinstance(node, ast.Dict):
-        return all(k is None or _is_value(k) for k in node.keys) and all(map(_is_value, node.values))
-    if isinstance(node, ast.Starred):
-        return _is_value(node.value)
-    if isinstance(node, ast.UnaryOp):
-        return isinstance(node.op, (ast.UAdd, ast.USub)) and _is_value(node.operand)
-    if isinstance(node, ast.BinOp):  # complex numbers: (1+2j)
-        return isinstance(node.op, (ast.Add, ast.Sub)) and _is_value(node.left) and _is_value(node.right)
-    if isinstance(node, ast.Call):
-        return (isinstance(node.func, ast.Name) and node.func.id in _VALUE_CALLS
-                and all(map(_is_value, node.args)) and all(_is_value(kw.value) for kw in node.keywords))
-    return False
-
 
 def _check_program(src: str) -> str:
     """"" if src parses and defines f at top level, else the reason."""
@@ -332,32 +303,32 @@ def _check_program(src: str) -> str:
     return ""
 
 
-def _check_input(src: str, values_only: bool) -> str:
-    """"" if src is a non-empty argument list for f(...), else the reason."""
+def _parse_call(src: str):
+    """The ast.Call of f(<src>), or None unless src is exactly a non-empty argument list. The parsed
+    call must be f itself with src as its arguments: this rejects "1), g(2" and "1)(2", which would
+    smuggle more code past the parentheses. Newlines around src allow a trailing comment, as in the
+    executor."""
+    try:
+        call = ast.parse(f"f(\n{src}\n)", mode="eval").body
+    except Exception:  # SyntaxError, ValueError (null bytes), RecursionError, MemoryError
+        return None
+    ok = isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "f"
+    return call if ok and (call.args or call.keywords) else None
+
+
+def _check_input(src: str) -> str:
     if len(src) > MAX_VALUE_CHARS:
         return "payload_too_long"
-    try:
-        call = ast.parse(f"f({src})", mode="eval").body
-    except Exception:
-        return "bad_input"
-    # The parsed call must be exactly f(<src>): rejects "1), g(2" and "1)(2" smuggling in more code.
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "f"
-            and (call.args or call.keywords)):
-        return "bad_input"
-    arguments = call.args + [k.value for k in call.keywords]
-    if values_only and not all(map(_is_value, arguments)):
-        return "bad_input"
-    return ""
+    return "" if _parse_call(src) is not None else "bad_input"
 
 
 def _check_output(src: str) -> str:
+    """A predicted output is compared as a value by the executor, which never runs it. It need not
+    even parse: a gold repr may not be Python (defaultdict(<class 'int'>, {}), <Color.RED: 1>) and the
+    executor then compares text. So only emptiness and length are format errors here."""
     if len(src) > MAX_VALUE_CHARS:
         return "payload_too_long"
-    try:
-        node = ast.parse(src, mode="eval").body
-    except Exception:
-        return "bad_output"
-    return "" if _is_value(node) else "bad_output"
+    return "" if src else "empty_output"
 
 
 def _fences(answer: str, tag: str) -> list[str]:
@@ -388,7 +359,7 @@ def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
             return fail("no_python_fence")
         if not inputs:
             return fail("no_input_fence")
-        reason = _check_program(programs[-1]) or _check_input(inputs[-1], values_only=False)
+        reason = _check_program(programs[-1]) or _check_input(inputs[-1])
         payload = {"program": programs[-1], "input": inputs[-1]}
         return fail(reason) if reason else Parsed(True, "", answer, payload)
     if role == "propose":  # induction: the last N_IO input fences and a message
@@ -402,11 +373,11 @@ def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
             return fail("empty_message")
         if len(messages[-1]) > MAX_MESSAGE_CHARS:
             return fail("payload_too_long")
-        reason = next((r for r in (_check_input(i, values_only=False) for i in inputs) if r), "")
+        reason = next((r for r in (_check_input(i) for i in inputs) if r), "")
         payload = {"inputs": inputs, "message": messages[-1]}
         return fail(reason) if reason else Parsed(True, "", answer, payload)
     tag, check = {"deduction": ("output", _check_output),
-                  "abduction": ("input", lambda s: _check_input(s, values_only=True)),
+                  "abduction": ("input", _check_input),
                   "induction": ("python", _check_program)}[task_type]
     found = _fences(answer, tag)
     if not found:
@@ -440,7 +411,7 @@ class Solution:
 
 def _distinct_key(src: str) -> str:
     # Inputs are distinct when their syntax trees differ, so [1,2] and [1, 2] count as the same input.
-    return ast.dump(ast.parse(f"f({src})", mode="eval"))
+    return ast.dump(_parse_call(src))
 
 
 def score_proposals(executor, task_type: str, responses: list[str],
@@ -500,7 +471,8 @@ def score_solutions(executor, task_type: str, tasks: list, responses: list[str],
             continue
         if task_type == "deduction":
             calls.append(("check_output", task.program, task.input, p.payload))
-        elif task_type == "abduction":
+        elif task_type == "abduction":  # the executor accepts only literal data (and the program's
+            # own classes) as an answer, so f(...) or an object with a rigged __eq__ scores as wrong
             calls.append(("check_input", task.program, p.payload, task.output))
         else:  # induction: the candidate must reproduce every hidden pair
             calls.append(("check_program", p.payload, task.hidden_pairs))

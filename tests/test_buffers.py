@@ -40,6 +40,8 @@ UNICODE = Triplet("def f(s):\n    return s[::-1]", "'héllo wörld ✓'", "'✓ 
 AFFINE_INPUTS = ["0", "1", "2", "-3", "10", "7", "-1", "100", "5", "-20"]
 AFFINE = InductionTask("def f(x):\n    return 2 * x + 1", "doubles, then adds one", AFFINE_INPUTS,
                        [repr(2 * int(i) + 1) for i in AFFINE_INPUTS])
+COUNTS = Triplet("from collections import defaultdict\n\ndef f(s):\n    d = defaultdict(int)\n"
+                 "    for c in s:\n        d[c] += 1\n    return d", "'aab'", "defaultdict(<class 'int'>, {'a': 2, 'b': 1})")
 HUGE = "[" + ", ".join(["1"] * 50_000) + "]"
 
 # ---------------------------------------------------------------------------------------------------
@@ -67,9 +69,12 @@ DEDUCTION_SOLVE = [
     ("unicode, wrong", UNICODE, answer("output", "'héllo wörld ✓'"), -0.5),
     ("enormous answer", SORT, answer("output", HUGE), -1.0),
     ("enormous think, correct", SORT, respond(fence("output", "[1, 2]"), think="hmm " * 50_000), 1.0),
-    ("expression, not a value", SORT, answer("output", "sorted([3, 1, 2])[:2]"), -1.0),
-    ("calls f", SORT, answer("output", "f([3, 1, 2], 2)"), -1.0),
-    ("unparseable", SORT, answer("output", "[1, 2"), -1.0),
+    ("empty", SORT, answer("output", "  "), -1.0),
+    # predictions are compared as values, never run: expressions and calls of f cannot match
+    ("expression, not a value", SORT, answer("output", "sorted([3, 1, 2])[:2]"), -0.5),
+    ("calls f", SORT, answer("output", "f([3, 1, 2], 2)"), -0.5),
+    ("unparseable", SORT, answer("output", "[1, 2"), -0.5),
+    ("gold repr that is not Python", COUNTS, answer("output", "defaultdict(<class 'int'>, {'a': 2, 'b': 1})"), 1.0),
 ]
 
 ABDUCTION_SOLVE = [
@@ -85,7 +90,8 @@ ABDUCTION_SOLVE = [
     ("extra text after </answer>", SORT, answer("input", "[1, 2], 2") + " <answer>oops", 1.0),
     ("unicode", UNICODE, answer("input", "'héllo wörld ✓'"), 1.0),
     ("enormous answer", SORT, answer("input", HUGE + ", 2"), -1.0),
-    ("expression, not a value", SORT, respond(fence("input", "list(reversed([1, 2])), 2")), -1.0),
+    ("expression, not a value", SORT, answer("input", "list(reversed([1, 2])), 2"), -0.5),
+    ("calls f", SORT, answer("input", "f([1, 2], 2), 2"), -0.5),
     ("smuggled code", SORT, respond(fence("input", "[1, 2], 2), print(1")), -1.0),
     ("empty", SORT, answer("input", ""), -1.0),
 ]
@@ -96,6 +102,7 @@ INDUCTION_SOLVE = [
     ("with a helper", AFFINE, answer("python", "def g(x):\n    return 2 * x\n\ndef f(x):\n    return g(x) + 1"),
      1.0),
     ("fits only the shown pairs", AFFINE, answer("python", _HARDCODED), -0.5),
+    ("misses a shown pair only", AFFINE, answer("python", "def f(x):\n    return 2 * x + 1 if x else 99"), 1.0),
     ("fits 4 of 5 hidden pairs", AFFINE,
      answer("python", "def f(x):\n    return 2 * x + 1 if x != -20 else 0"), -0.5),
     ("raises", AFFINE, answer("python", "def f(x):\n    return x / 0"), -0.5),
@@ -147,7 +154,7 @@ TRIPLET_PROPOSE = [
     ("banned import inside f", propose("def f(x):\n    import os.path\n    return x"), -0.5, "banned"),
     ("non-deterministic", propose(COUNTER), -0.5, "nondeterministic"),
     ("infinite loop", propose("def f(x):\n    while True:\n        x += 1\n    return x"), -0.5, "timeout"),
-    ("prints instead of returning", propose("def f(x):\n    print(x * 2)"), -0.5, None),
+    ("prints instead of returning", propose("def f(x):\n    print(x * 2)"), -0.5, "returns_none"),
     ("raises", propose("def f(x):\n    return x[0]"), -0.5, "error"),
     ("output too long", propose("def f(x):\n    return 'ab' * 1000 * x"), -0.5, "too_long"),
     ("syntax error", propose("def f(x):\n    return (x"), -1.0, "syntax"),
@@ -169,8 +176,7 @@ def test_deduction_and_abduction_proposer_table(executor):
         proposals = score_proposals(executor, task_type, [c[1] for c in TRIPLET_PROPOSE])
         for (name, _, expected, status), proposal in zip(TRIPLET_PROPOSE, proposals):
             assert proposer_reward(proposal, 0.25) == expected, (task_type, name, proposal.status)
-            if status is not None:
-                assert proposal.status == status, (task_type, name, proposal.status)
+            assert proposal.status == status, (task_type, name, proposal.status)
             assert proposal.valid == (expected >= 0), (task_type, name)
         assert proposals[0].task == Triplet(GOOD, "5", "[0, 1, 3, 6, 10]")  # output computed by the executor
         assert proposals[-2].task.input == "4"  # the last input fence counts
