@@ -4,10 +4,10 @@ The task design in a few lines. A *program* is Python source defining `f`; an *i
 an argument list (`[1, 2], 'abc'`); an *output* is `repr(f(input))`, computed by the executor, never by
 the model. One model plays two roles on three task types:
 
-    deduction   propose (program, input) from K references    solve: given program + input, predict output
-    abduction   propose (program, input) from K references    solve: given program + output, find any input
-    induction   propose 10 inputs + a hint for a buffer program   solve: from 5 shown pairs + hint, write f
-                                                                  that also reproduces the 5 hidden pairs
+    deduction  propose: a program + input, given K references  solve: program + input -> the output
+    abduction  propose: a program + input, given K references  solve: program + output -> any input
+    induction  propose: 10 inputs + a hint for a buffer program  solve: 5 shown pairs + hint -> an f
+                                                                 that also fits the 5 hidden pairs
 
 Every response continues the prompt's open `<think>`, must close it, then answer inside
 `<answer> </answer>` with the payload in fenced blocks (```python, ```input, ```output, ```message).
@@ -287,7 +287,7 @@ class Parsed:
 _THINK_THEN_ANSWER = re.compile(r"</think>\s*<answer>")
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # A fenced block: ```tag, then the body up to the next ```. Untagged blocks are ignored.
-_FENCE = re.compile(r"```([A-Za-z]+)[ \t\r]*\n(.*?)```", re.DOTALL)
+_FENCE = re.compile(r"```[ \t]*([A-Za-z]+)[ \t\r]*\n(.*?)```", re.DOTALL)
 
 
 def _check_program(src: str) -> str:
