@@ -164,6 +164,7 @@ def test_humaneval_scoring(tmp_path):
         {"task_id": "Tiny/2", "completion": "    return True\n"},                         # wrong
     ]
     result = run_eval(tmp_path, "humaneval", data, samples)
+    # Tiny/1's prompt imports typing, as most HumanEval prompts do: the sandbox must import the stdlib.
     assert result["scores"] == {"Tiny/0": [True, False], "Tiny/1": [True, False], "Tiny/2": [True, False]}
     assert result["pass@1"] == 50.0
     gold = [{"task_id": p["task_id"], "completion": p["canonical_solution"]} for p in read(data)]
@@ -221,7 +222,7 @@ def test_cli_summary_is_last_line(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), "--bench", "gsm8k", "--data", data,
                            "--generations", str(gen)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "gsm8k: pass@1 60.0  pass@5 100.0  [2 problems, 5 answers each]"
+    assert proc.stdout.strip().splitlines()[-1] == "gsm8k: pass@1 60.0  pass@5 100.0  [2 problems, n=5 answers per problem]"
 
 
 # ---------------------------------------------------------------------------------- generate mode
