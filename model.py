@@ -261,7 +261,7 @@ class Transformer(nn.Module):
         targets = tokens[:, 1:].reshape(-1)
         out = [checkpoint(self._chunk_logprobs, h[i:i + chunk_size], targets[i:i + chunk_size], use_reentrant=False)
                for i in range(0, targets.shape[0], chunk_size)]
-        return torch.cat(out).view(tokens.shape[0], -1)
+        return torch.cat(out).view(tokens.shape[0], -1) if out else h.new_zeros(tokens.shape[0], 0, dtype=torch.float32)
 
     def _chunk_logprobs(self, h, targets):
         logits = self.lm_head(h).float()
