@@ -401,23 +401,24 @@ def _unhide_python():
 def _probe(cfg):
     """Which isolation features this OS grants the worker; a test child proves the full setup works."""
     features = {"root": os.geteuid() == 0, "net_ns": False, "pid_ns": False, "mount_ns": False}
-    if features["root"]:
+    if cfg["namespaces"]:
         try:
-            _unhide_python()
+            if features["root"]:
+                _unhide_python()
         except OSError:
             pass  # programs can then import only what is preloaded or world-readable
-    try:
-        _sys("unshare", CLONE_NEWNET)  # the worker and all its children: loopback only, and it is down
-        features["net_ns"] = True
-    except OSError:
-        pass
-    try:
-        features["pidns_fd"] = os.open("/proc/self/ns/pid", os.O_RDONLY)
-        _sys("unshare", CLONE_NEWPID)
-        features["pid_ns"] = True
-    except OSError:
-        pass
-    for mount_ns in (True, False):
+        try:
+            _sys("unshare", CLONE_NEWNET)  # the worker and all its children: loopback only, and it is down
+            features["net_ns"] = True
+        except OSError:
+            pass
+        try:
+            features["pidns_fd"] = os.open("/proc/self/ns/pid", os.O_RDONLY)
+            _sys("unshare", CLONE_NEWPID)
+            features["pid_ns"] = True
+        except OSError:
+            pass
+    for mount_ns in (True, False)[not cfg["namespaces"]:]:
         features["mount_ns"] = mount_ns
         reply = _sandboxed({"op": "run_script", "program": "pass"}, cfg, features)
         if reply["status"] == "ok":
@@ -437,80 +438,86 @@ def _kill_uid(uid):
     os.waitpid(pid, 0)
 
 
+def _child_main(job, cfg, features, uid, workdir, out_w, res_w):
+    """The forked child: enter the sandbox, run the job, write the reply to fd 3. Never returns."""
+    code = SETUP_FAILED
+    try:
+        _enter_sandbox(cfg, features, uid, workdir, out_w, res_w)
+        code = 0
+        reply = json.dumps(_child_reply(job)).encode()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        view = memoryview(reply)
+        while view:
+            view = view[os.write(3, view):]
+    finally:
+        os._exit(code)
+
+
 def _sandboxed(job, cfg, features):
     """Fork a sandboxed child for `job`, enforce the wall clock, clean up, return the child's reply."""
     uid = cfg["uid"]
+    workdir = "/tmp" if features["mount_ns"] else tempfile.mkdtemp(prefix="azr-sandbox-")
+    if workdir != "/tmp" and features["root"]:
+        os.chown(workdir, uid, uid)
     out_r, out_w = os.pipe()
     res_r, res_w = os.pipe()
-    workdir = "/tmp"
-    if not features["mount_ns"]:
-        workdir = tempfile.mkdtemp(prefix="azr-sandbox-")
-        if features["root"]:
-            os.chown(workdir, uid, uid)
-    if features["pid_ns"]:  # a fresh PID namespace for the next child; the child is its init
-        _sys("setns", features["pidns_fd"], CLONE_NEWPID)
-        _sys("unshare", CLONE_NEWPID)
-    pid = os.fork()
-    if pid == 0:  # the child never returns into the worker
-        code = SETUP_FAILED
-        try:
-            os.close(out_r)
-            os.close(res_r)
-            _enter_sandbox(cfg, features, uid, workdir, out_w, res_w)
-            code = 0
-            reply = json.dumps(_child_reply(job)).encode()
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
-            view = memoryview(reply)
-            while view:
-                view = view[os.write(3, view):]
-        finally:
-            os._exit(code)
+    try:
+        if features["pid_ns"]:  # a fresh PID namespace for the next child; the child is its init
+            _sys("setns", features["pidns_fd"], CLONE_NEWPID)
+            _sys("unshare", CLONE_NEWPID)
+        pid = os.fork()
+    except OSError as e:
+        pid, error = -1, e
+    if pid == 0:
+        os.close(out_r)
+        os.close(res_r)
+        _child_main(job, cfg, features, uid, workdir, out_w, res_w)
     os.close(out_w)
     os.close(res_w)
-    deadline = time.monotonic() + cfg["timeout_s"]
-    pidfd = os.pidfd_open(pid)
-    reply, output, timed_out = bytearray(), bytearray(), False
-    open_fds = [pidfd, res_r, out_r]
-    while pidfd in open_fds:
-        remaining = deadline - time.monotonic()
-        ready = select.select(open_fds, [], [], max(remaining, 0))[0] if remaining > 0 else []
-        if not ready:
-            timed_out = True
-            break
-        for fd in ready:
-            if fd == pidfd:
-                open_fds.remove(pidfd)
-                continue
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                open_fds.remove(fd)
-            elif fd == res_r:
-                reply += chunk
-            elif len(output) < KEPT_OUTPUT_BYTES:  # keep the start, drain and drop the rest
-                output += chunk[:KEPT_OUTPUT_BYTES - len(output)]
-        if len(reply) > MAX_REPLY_BYTES:
-            break
-    os.kill(pid, signal.SIGKILL)  # init of its PID namespace: takes every process inside with it
-    if not features["pid_ns"]:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if features["root"]:
-            _kill_uid(uid)
-    _, status = os.waitpid(pid, 0)
-    for fd in (res_r, out_r):  # whatever the child wrote before it ended; writers are all dead now
-        os.set_blocking(fd, False)
-        try:
-            while len(reply) <= MAX_REPLY_BYTES and (chunk := os.read(fd, 1 << 16)):
-                reply += chunk if fd == res_r else b""
-        except BlockingIOError:
-            pass
-        os.close(fd)
-    os.close(pidfd)
-    if not features["mount_ns"]:
-        shutil.rmtree(workdir, ignore_errors=True)
+    reply, output, timed_out, status = bytearray(), bytearray(), False, 0
+    try:
+        if pid < 0:
+            return {"status": "error", "message": f"cannot start the sandbox: {error}"}
+        deadline = time.monotonic() + cfg["timeout_s"]
+        pidfd = os.pidfd_open(pid)
+        open_fds = [pidfd, res_r, out_r]
+        while pidfd in open_fds and len(reply) <= MAX_REPLY_BYTES:
+            remaining = deadline - time.monotonic()
+            ready = select.select(open_fds, [], [], remaining)[0] if remaining > 0 else []
+            if not ready:
+                timed_out = True
+                break
+            for fd in ready:
+                chunk = os.read(fd, 1 << 16) if fd != pidfd else b""
+                if not chunk:  # the child exited, or every writer of this pipe did
+                    open_fds.remove(fd)
+                elif fd == res_r:
+                    reply += chunk
+                elif len(output) < KEPT_OUTPUT_BYTES:  # keep the start, drain and drop the rest
+                    output += chunk[:KEPT_OUTPUT_BYTES - len(output)]
+        os.close(pidfd)
+    finally:
+        if pid > 0:
+            os.kill(pid, signal.SIGKILL)  # init of its PID namespace: takes every process inside along
+            if not features["pid_ns"]:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                if features["root"]:  # also whatever left the process group (setsid, double fork)
+                    _kill_uid(uid)
+            status = os.waitpid(pid, 0)[1]
+            os.set_blocking(res_r, False)  # the rest of the reply; its writers are all dead now
+            try:
+                while len(reply) <= MAX_REPLY_BYTES and (chunk := os.read(res_r, 1 << 16)):
+                    reply += chunk
+            except BlockingIOError:
+                pass
+        os.close(res_r)
+        os.close(out_r)
+        if workdir != "/tmp":
+            shutil.rmtree(workdir, ignore_errors=True)
     return _interpret(reply, status, timed_out, output.decode(errors="replace"), cfg)
 
 
@@ -645,13 +652,18 @@ class Executor:
     """Pool of sandbox workers. Not thread-safe: call from one thread."""
 
     def __init__(self, workers=None, timeout_s=5.0, memory_mb=1024, banned_modules=BANNED_MODULES,
-                 max_output_chars=1000, file_mb=16, max_processes=64, sandbox_uid=65534):
+                 max_output_chars=1000, file_mb=16, max_processes=64, sandbox_uid=65534, namespaces=True):
+        """workers: processes (default: usable CPUs); timeout_s: wall clock per call (all its runs of f);
+        memory_mb: address space per program; file_mb: largest file and size of each scratch tmpfs;
+        max_processes: RLIMIT_NPROC for the sandbox uid; sandbox_uid: worker i runs programs as uid
+        sandbox_uid - i when root; namespaces=False skips Linux namespaces, as on systems without them."""
         self.workers = workers or len(os.sched_getaffinity(0))
         self.timeout_s = timeout_s
         here = os.path.dirname(os.path.abspath(__file__))
         self._config = {"timeout_s": timeout_s, "memory_mb": memory_mb, "banned": list(banned_modules),
                         "max_output_chars": max_output_chars, "file_mb": file_mb,
                         "max_processes": max_processes, "trainer_pid": os.getpid(), "sandbox_uid": sandbox_uid,
+                        "namespaces": namespaces,
                         # the trainer's imports minus the repo, so programs can't import azr's modules
                         "sys_path": [p for p in sys.path if p and os.path.abspath(p) != here]}
         self._procs = []

@@ -1,6 +1,8 @@
 """Tests for executor.py: one test per attack from the issue (each also checks that this process is
 unaffected), correctness of every operation on tricky values, run_batch ordering and worker replacement."""
 import os
+import socket
+import tempfile
 import threading
 import time
 
@@ -11,6 +13,32 @@ from executor import BANNED_MODULES, STATUSES, Executor, Result
 SECRET = "azr-test-secret-8b1f"
 os.environ["AZR_TEST_SECRET"] = SECRET  # set before any worker starts, so a leak would be inherited
 TIMEOUT_S = 2.0
+
+LOOP = "def f(x):\n    while True:\n        pass"
+RETRY_LOOP = ("def f(x):\n    while True:\n        try:\n            while True:\n                x += 1\n"
+              "        except BaseException:\n            pass")
+SLEEP = "import select\ndef f(x):\n    select.select([], [], [], 60)\n    return x"
+GROW = "def f(x):\n    a = []\n    while True:\n        a.append(' ' * 10 ** 7)"
+FORK_BOMB = ("def f(x):\n    o = __import__('o' + 's')\n    while True:\n        try:\n"
+             "            o.fork()\n        except OSError:\n            pass")
+# A non-daemon thread and a daemonized grandchild (setsid + double fork), both meant to run for a minute.
+OUTLIVE = ("def f(x):\n    o = __import__('o' + 's')\n    t = __import__('thre' + 'ading')\n"
+           "    t.Thread(target=__import__('ti' + 'me').sleep, args=(60,)).start()\n"
+           "    if o.fork() == 0:\n        o.setsid()\n        if o.fork() == 0:\n"
+           "            __import__('ti' + 'me').sleep(60)\n        o._exit(0)\n    return x")
+READ_SECRET = (
+    "def f(name):\n    o = __import__('o' + 's')\n    found = []\n    for pid in o.listdir('/proc'):\n"
+    "        try:\n            with open('/proc/' + pid + '/environ', 'rb') as fh:\n"
+    f"                found.append({SECRET!r}.encode() in fh.read())\n"
+    "        except OSError:\n            pass\n    return (o.environ.get(name), any(found))")
+
+
+def kill_program(pids):
+    """Obfuscated os.kill of the parent, then of `pids` and of every process it may signal (-1)."""
+    return ("def f(x):\n    o = getattr(__builtins__, '__imp' + 'ort__')('o' + 's')\n"
+            "    k = getattr(o, 'ki' + 'll')\n    k(getattr(o, 'getp' + 'pid')(), 9)\n"
+            f"    for target in {tuple(pids) + (-1,)}:\n"
+            "        try:\n            k(target, 9)\n        except OSError:\n            pass\n    return x")
 
 
 @pytest.fixture(scope="module")
@@ -60,22 +88,19 @@ def assert_unaffected(ex, sentinel):
 
 def test_infinite_loop(ex, sentinel):
     start = time.monotonic()
-    assert ex.validate("def f(x):\n    while True:\n        pass", "1").status == "timeout"
+    assert ex.validate(LOOP, "1").status == "timeout"
     assert time.monotonic() - start < TIMEOUT_S + 3
     assert_unaffected(ex, sentinel)
 
 
 def test_loop_catching_base_exception(ex, sentinel):
-    program = ("def f(x):\n    while True:\n        try:\n            while True:\n                x += 1\n"
-               "        except BaseException:\n            pass")
-    assert ex.validate(program, "1").status == "timeout"
+    assert ex.validate(RETRY_LOOP, "1").status == "timeout"
     assert_unaffected(ex, sentinel)
 
 
 def test_sleep_through_allowed_module(ex, sentinel):
-    program = "import select\ndef f(x):\n    select.select([], [], [], 60)\n    return x"
     start = time.monotonic()
-    assert ex.validate(program, "1").status == "timeout"  # no CPU used: only the wall clock stops it
+    assert ex.validate(SLEEP, "1").status == "timeout"  # no CPU used: only the wall clock stops it
     assert time.monotonic() - start < TIMEOUT_S + 3
     assert_unaffected(ex, sentinel)
 
@@ -83,15 +108,12 @@ def test_sleep_through_allowed_module(ex, sentinel):
 def test_memory_bomb(ex, sentinel):
     result = ex.validate("def f(x):\n    return len(bytearray(x))", "10 ** 10")
     assert result.status == "error" and "MemoryError" in result.message
-    grow = "def f(x):\n    a = []\n    while True:\n        a.append(' ' * 10 ** 7)"
-    assert ex.validate(grow, "1").status == "error"
+    assert ex.validate(GROW, "1").status == "error"
     assert_unaffected(ex, sentinel)
 
 
 def test_fork_bomb(ex, sentinel):
-    program = ("def f(x):\n    o = __import__('o' + 's')\n    while True:\n        try:\n"
-               "            o.fork()\n        except OSError:\n            pass")
-    assert ex.validate(program, "1").status == "timeout"
+    assert ex.validate(FORK_BOMB, "1").status == "timeout"
     assert_unaffected(ex, sentinel)
 
 
@@ -155,12 +177,7 @@ def test_shell_reached_at_run_time(ex, sentinel):
 
 
 def test_secret_environment_variable(ex, sentinel):
-    program = (
-        "def f(name):\n    o = __import__('o' + 's')\n    found = []\n    for pid in o.listdir('/proc'):\n"
-        "        try:\n            with open('/proc/' + pid + '/environ', 'rb') as fh:\n"
-        f"                found.append({SECRET!r}.encode() in fh.read())\n"
-        "        except OSError:\n            pass\n    return (o.environ.get(name), any(found))")
-    assert ex.validate(program, "'AZR_TEST_SECRET'") == Result("ok", "(None, False)")
+    assert ex.validate(READ_SECRET, "'AZR_TEST_SECRET'") == Result("ok", "(None, False)")
     assert_unaffected(ex, sentinel)
 
 
@@ -185,25 +202,27 @@ def test_deep_recursion(ex, sentinel):
 
 def test_kill_parent_obfuscated(ex, sentinel):
     before = [p.pid for p in ex._procs]
-    program = ("def f(x):\n    o = getattr(__builtins__, '__imp' + 'ort__')('o' + 's')\n"
-               "    k = getattr(o, 'ki' + 'll')\n    k(getattr(o, 'getp' + 'pid')(), 9)\n"
-               f"    for target in ({os.getpid()}, {before[0]}, {before[1]}, -1):\n"
-               "        try:\n            k(target, 9)\n        except OSError:\n            pass\n    return x")
-    assert ex.validate(program, "1").status in ("ok", "error")
+    assert ex.validate(kill_program([os.getpid()] + before), "1").status in ("ok", "error")
     assert [p.pid for p in ex._procs] == before  # no worker was killed, let alone this process
     assert_unaffected(ex, sentinel)
 
 
 def test_nothing_outlives_the_call(ex, sentinel):
-    # A non-daemon thread and a daemonized grandchild (setsid + double fork), both meant to run for a minute.
-    program = (
-        "def f(x):\n    o = __import__('o' + 's')\n    t = __import__('thre' + 'ading')\n"
-        "    t.Thread(target=__import__('ti' + 'me').sleep, args=(60,)).start()\n"
-        "    if o.fork() == 0:\n        o.setsid()\n        if o.fork() == 0:\n"
-        "            __import__('ti' + 'me').sleep(60)\n        o._exit(0)\n    return x")
     start = time.monotonic()
-    assert ex.validate(program, "3") == Result("ok", "3")
+    assert ex.validate(OUTLIVE, "3") == Result("ok", "3")
     assert time.monotonic() - start < TIMEOUT_S
+    assert_unaffected(ex, sentinel)
+
+
+def test_no_network(ex, sentinel):
+    if not ex.sandbox["net_ns"]:
+        pytest.skip("this OS grants no network namespace")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        program = ("def f(port):\n    s = __import__('soc' + 'ket')\n    try:\n"
+                   "        s.create_connection(('127.0.0.1', port), timeout=1).close()\n        return 'connected'\n"
+                   "    except OSError as e:\n        return type(e).__name__")
+        result = ex.validate(program, str(server.getsockname()[1]))
+        assert result.status == "ok" and result.output != "'connected'"
     assert_unaffected(ex, sentinel)
 
 
@@ -388,3 +407,23 @@ def test_custom_banned_list_and_limits():
         assert ex.validate("import math\ndef f(x):\n    return x", "1").status == "banned"
         assert ex.validate("import json\ndef f(x):\n    return json.dumps(x)", "[1]") == Result("ok", "'[1]'")
         assert ex.validate("def f(x):\n    return x", "'0123456789'").status == "too_long"
+
+
+def test_without_namespaces(sentinel):
+    """Where the OS grants no namespaces: rlimits, the uid drop and the group/uid-wide kills still hold."""
+    with Executor(workers=2, timeout_s=TIMEOUT_S, memory_mb=512, namespaces=False) as ex:
+        assert not (ex.sandbox["net_ns"] or ex.sandbox["pid_ns"] or ex.sandbox["mount_ns"])
+        calls = [("validate", LOOP, "1"), ("validate", RETRY_LOOP, "1"), ("validate", SLEEP, "1"),
+                 ("validate", GROW, "1"), ("validate", FORK_BOMB, "1"), ("validate", OUTLIVE, "3"),
+                 ("validate", READ_SECRET, "'AZR_TEST_SECRET'"),
+                 ("validate", f"def f(p):\n    __import__('o' + 's').remove(p)", repr(str(sentinel))),
+                 ("validate", "def f(x):\n    open('here.txt', 'w').write('x')\n    return x", "2")]
+        results = ex.run_batch(calls)
+        assert [r.status for r in results] == ["timeout"] * 3 + ["error", "timeout", "ok", "ok", "error", "ok"]
+        assert results[6].output == "(None, False)"
+        before = [p.pid for p in ex._procs]
+        assert ex.validate(kill_program([os.getpid()] + before), "1").status in ("ok", "error")
+        if ex.sandbox["root"]:  # as the trainer's own uid the program could kill the workers
+            assert [p.pid for p in ex._procs] == before
+        assert not [d for d in os.listdir(tempfile.gettempdir()) if d.startswith("azr-sandbox-")]
+        assert_unaffected(ex, sentinel)
