@@ -194,24 +194,28 @@ def mbpp_script(problem, answer):
     return "\n".join([setup, answer, *problem["test_list"]]) + "\n"
 
 
-def run_scripts(scripts, workers):
-    """Runs each script (None = wrong without running) in the sandbox; True where it ran to the end."""
+def start_executor(workers=None):
+    """The sandbox pool, started before any sampling so a failure costs no generation time."""
     from executor import Executor
-    # Benchmark programs import what they like (hashlib, math, ...): the official harnesses ban no
-    # import and run_script checks none; every other sandbox limit holds.
-    executor = Executor(workers=workers, timeout_s=TIMEOUT_S, banned_modules=())
+    try:
+        # Benchmark programs import what they like (hashlib, math, ...): the official harnesses ban no
+        # import and run_script checks none; every other sandbox limit holds.
+        return Executor(workers=workers, timeout_s=TIMEOUT_S, banned_modules=())
+    except RuntimeError as e:
+        fail(f"cannot start the sandbox: {e}")
+
+
+def run_scripts(scripts, executor):
+    """Runs each script (None = wrong without running) in the sandbox; True where it ran to the end."""
     todo = [i for i, s in enumerate(scripts) if s is not None]
     passed = [False] * len(scripts)
     chunk = 8 * executor.workers  # run_batch is parallel inside; chunks only feed the progress bar
-    try:
-        with tqdm(total=len(todo), desc="executing", unit="prog") as bar:
-            for start in range(0, len(todo), chunk):
-                batch = todo[start:start + chunk]
-                for i, result in zip(batch, executor.run_batch([("run_script", scripts[i]) for i in batch])):
-                    passed[i] = result.status == "ok"
-                bar.update(len(batch))
-    finally:
-        executor.close()
+    with tqdm(total=len(todo), desc="executing", unit="prog") as bar:
+        for start in range(0, len(todo), chunk):
+            batch = todo[start:start + chunk]
+            for i, result in zip(batch, executor.run_batch([("run_script", scripts[i]) for i in batch])):
+                passed[i] = result.status == "ok"
+            bar.update(len(batch))
     return passed
 
 
@@ -328,8 +332,8 @@ def math_equal(prediction, gold):
 
 # ----------------------------------------------------------------------------------------- scoring
 
-def score(bench, problems, generations, workers=None):
-    """{problem id: [correct? per answer]} for {problem id: [answer strings]}."""
+def score(bench, problems, generations, executor=None):
+    """{problem id: [correct? per answer]} for {problem id: [answer strings]}; code needs the executor."""
     items = [(pid, answer) for pid, answers in generations.items() for answer in answers]
     if bench in ("math", "gsm8k"):
         verdicts = [math_equal(extract_math_answer(a, bench), gold_answer(bench, problems[pid]))
@@ -338,7 +342,7 @@ def score(bench, problems, generations, workers=None):
         make = {"humaneval": humaneval_script, "mbpp": mbpp_script}.get(bench)
         scripts = [make(problems[pid], a) if make else cruxeval_script(problems[pid], a, bench)
                    for pid, a in items]
-        verdicts = run_scripts(scripts, workers)
+        verdicts = run_scripts(scripts, executor)
     scores = {pid: [] for pid in generations}
     for (pid, _), ok in zip(items, verdicts):
         scores[pid].append(ok)
@@ -458,10 +462,15 @@ def main(argv=None):
     responses = None
     if args.generations:
         generations = match_generations(read_generations(args.generations), problems, args.generations)
-    else:
-        responses = sample_responses(args, problems)
-        generations = {pid: [to_generation(args.bench, r) for r in rs] for pid, rs in responses.items()}
-    scores = score(args.bench, problems, generations, args.workers)
+    executor = None if args.bench in ("math", "gsm8k") else start_executor(args.workers)
+    try:
+        if not args.generations:
+            responses = sample_responses(args, problems)
+            generations = {pid: [to_generation(args.bench, r) for r in rs] for pid, rs in responses.items()}
+        scores = score(args.bench, problems, generations, executor)
+    finally:
+        if executor is not None:
+            executor.close()
     results = {"bench": args.bench, "data": data,
                "pass@1": pass_at_k_percent(scores.values(), 1),
                "pass@5": pass_at_k_percent(scores.values(), 5),

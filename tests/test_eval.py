@@ -31,6 +31,13 @@ def read(path):
     return [json.loads(line) for line in open(path)]
 
 
+@pytest.fixture(scope="module")
+def executor():
+    pool = ev.start_executor()
+    yield pool
+    pool.close()
+
+
 # ------------------------------------------------------------------------------------------ pass@k
 
 def test_pass_at_k_hand_computed():
@@ -119,7 +126,7 @@ def test_cruxeval_gold_and_shuffled(tmp_path, bench):
 
 
 @needs_crux
-def test_cruxeval_official_rules(tmp_path):
+def test_cruxeval_official_rules(executor):
     """The harness's rules on answers it does not take at face value (utils_general.evaluate_score)."""
     p = {q["id"]: q for q in read(CRUX)}["sample_3"]  # f('bcksrut', 'q') == 'bcksrutq'
     outputs = {"sample_3": [
@@ -129,7 +136,7 @@ def test_cruxeval_official_rules(tmp_path):
         "'bcksrut'",                         # wrong value
         "the answer is 'bcksrutq'",          # not Python: wrong, no crash
     ]}
-    scores = ev.score("cruxeval-o", {"sample_3": p}, outputs)
+    scores = ev.score("cruxeval-o", {"sample_3": p}, outputs, executor)
     assert scores["sample_3"] == [True, False, True, False, False]
     inputs = {"sample_3": [
         "f('bcksrut', 'q')",                 # right
@@ -141,14 +148,14 @@ def test_cruxeval_official_rules(tmp_path):
         "",                                  # empty: wrong
         "f(" + "'a', " * 3 + ")",            # raises (wrong arity): wrong
     ]}
-    scores = ev.score("cruxeval-i", {"sample_3": p}, inputs)
+    scores = ev.score("cruxeval-i", {"sample_3": p}, inputs, executor)
     assert scores["sample_3"] == [True, True, True, False, False, False, False, False]
 
 
 @needs_crux
-def test_cruxeval_timeout_is_wrong():
+def test_cruxeval_timeout_is_wrong(executor):
     problem = {"code": "def f(x):\n    while x:\n        pass\n    return x", "input": "0", "output": "0"}
-    assert ev.score("cruxeval-i", {"p": problem}, {"p": ["f(0)", "f(1)"]})["p"] == [True, False]
+    assert ev.score("cruxeval-i", {"p": problem}, {"p": ["f(0)", "f(1)"]}, executor)["p"] == [True, False]
 
 
 # ----------------------------------------------------------------------------------- HumanEval, MBPP
