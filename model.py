@@ -67,6 +67,10 @@ class ModelConfig:
                        ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
         else:
             raise ValueError(f"unsupported rope type {rope_type!r}: azr supports default and llama3")
+        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        missing = [k for k in required if k not in hf_config]
+        if missing:
+            raise ValueError(f"{arch} config lacks {', '.join(missing)}")
         hidden, heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
         return cls(vocab_size=hf_config["vocab_size"], hidden_size=hidden,
                    intermediate_size=hf_config["intermediate_size"], num_layers=hf_config["num_hidden_layers"],
@@ -312,8 +316,14 @@ def _load_hf_dir(path, device, dtype):
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"no config.json in {path}: expected an HF checkpoint directory")
-    with open(config_path) as f:
-        config = ModelConfig.from_hf(json.load(f))
+    try:
+        with open(config_path) as f:
+            config = ModelConfig.from_hf(json.load(f))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path} is not valid JSON: {e}") from None
+    # transformers 5 would silently build an empty tokenizer for a directory without tokenizer files.
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise FileNotFoundError(f"no tokenizer in {path}: expected tokenizer.json, tokenizer.model or vocab.json")
     index_path = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index_path):
         with open(index_path) as f:

@@ -122,6 +122,15 @@ def test_load_errors_are_one_line(tmp_path):
     assert "does not exist" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         M.load_model(str(tmp_path))
+    hf_tiny("qwen2").save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no tokenizer in"):
+        M.load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        M.load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 8}))
+    with pytest.raises(ValueError, match="config lacks vocab_size, intermediate_size"):
+        M.load_model(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["MistralForCausalLM"]}))
     with pytest.raises(ValueError, match="unsupported architecture 'MistralForCausalLM'"):
         M.load_model(str(tmp_path))
