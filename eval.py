@@ -195,14 +195,20 @@ def mbpp_script(problem, answer):
 
 
 def start_executor(workers=None):
-    """The sandbox pool, started before any sampling so a failure costs no generation time."""
+    """The sandbox pool, started (and checked on a trivial script, so a broken sandbox is an error
+    rather than a silent 0%) before any sampling, so a failure costs no generation time."""
     from executor import Executor
     try:
         # Benchmark programs import what they like (hashlib, math, ...): the official harnesses ban no
         # import and run_script checks none; every other sandbox limit holds.
-        return Executor(workers=workers, timeout_s=TIMEOUT_S, banned_modules=())
+        executor = Executor(workers=workers, timeout_s=TIMEOUT_S, banned_modules=())
     except RuntimeError as e:
         fail(f"cannot start the sandbox: {e}")
+    canary = executor.run_batch([("run_script", "import typing\nassert sum([1, 2]) == 3")])[0]
+    if canary.status != "ok":
+        executor.close()
+        fail(f"the sandbox does not run a trivial script: {canary.status} {canary.message}")
+    return executor
 
 
 def run_scripts(scripts, executor):
