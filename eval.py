@@ -396,8 +396,8 @@ def to_generation(bench, response):
         parsed = parse_response(response, task_type, role="solve")
         if not parsed.ok:
             return ""  # a malformed response is a wrong answer (it does not run), never a crash
-        # parse_response keeps only Python *values* (spec 3), stricter than the harness, which would
-        # also take an expression such as sorted(x): our solver prompts ask for a literal.
+        # From here the official rule scores it (cruxeval_script), as for a generations file: the
+        # answer text is evaluated, unlike the trainer's value comparison (spec section 4).
         return parsed.payload if bench == "cruxeval-o" else f"f({parsed.payload})"
     if bench in ("humaneval", "mbpp"):
         return extract_code(response)
@@ -454,6 +454,8 @@ def parse_args(argv):
         p.error(f"no such file: {args.data}")
     if args.generations is not None and not os.path.isfile(args.generations):
         p.error(f"no such file: {args.generations}")
+    if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        p.error(f"no folder for --out {args.out}")  # checked now, not after an hour of sampling
     return args
 
 

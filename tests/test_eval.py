@@ -212,6 +212,7 @@ def test_bad_input_is_one_line_error(tmp_path):
         (["--bench", "nope", "--generations", str(gen)], "invalid choice"),
         (["--bench", "math", "--data", str(tmp_path / "missing.jsonl"), "--generations", str(gen)], "no such file"),
         (["--bench", "mbpp", "--generations", str(gen)], "needs --data"),
+        (["--bench", "math", "--data", data, "--generations", str(gen), "--out", "/no/such/dir/r.json"], "--out"),
         (["--bench", "math", "--data", data, "--model", "x", "--n", "3"], "needs --temperature > 0"),
         (["--bench", "math", "--data", data, "--model", str(tmp_path / "no-model")], "cannot load --model"),
     ]:
