@@ -105,7 +105,8 @@ def test_math_and_gsm8k_scoring(tmp_path):
     shuffled = {pid: gold[ids[(i + 1) % len(ids)]] for i, pid in enumerate(ids)}
     assert run_eval(tmp_path, "math", math_data, shuffled)["pass@1"] == 0.0
     gsm_data = os.path.join(DATA, "gsm8k-tiny.jsonl")
-    result = run_eval(tmp_path, "gsm8k", gsm_data, {"0": ["That is 1200 pencils.", "#### 1,201"], "1": ["\\boxed{6}"] * 2})
+    answers = {"0": ["That is 1200 pencils.", "#### 1,201"], "1": ["\\boxed{6}"] * 2}
+    result = run_eval(tmp_path, "gsm8k", gsm_data, answers)
     assert result["scores"] == {"0": [True, False], "1": [True, True]}
     assert result["pass@1"] == 75.0 and result["pass@5"] is None
 
@@ -230,7 +231,8 @@ def test_cli_summary_is_last_line(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), "--bench", "gsm8k", "--data", data,
                            "--generations", str(gen)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "gsm8k: pass@1 60.0  pass@5 100.0  [2 problems, n=5 answers per problem]"
+    summary = "gsm8k: pass@1 60.0  pass@5 100.0  [2 problems, n=5 answers per problem]"
+    assert proc.stdout.strip().splitlines()[-1] == summary
 
 
 # ---------------------------------------------------------------------------------- generate mode
