@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from safetensors.torch import load_model as load_weights
+from safetensors.torch import save_model as save_weights
 from tqdm import tqdm
 
 import buffers
@@ -210,6 +212,20 @@ def sampling_seed(cfg, step, rank, phase):
 
 
 # ----------------------------------------------------------------------------- self-play pieces
+# Each phase samples the prompts of all three task types in one call: decoding cost is mostly the
+# weights' memory traffic per step, so one batch of 3B rows is far cheaper than three batches of B.
+
+def sample_by_type(sampler, prompts_by_type, n, seed, desc):
+    """{task_type: [prompt tokens]} -> {task_type: [n (tokens, text) responses per prompt]}."""
+    flat = [prompt for prompts in prompts_by_type.values() for prompt in prompts]
+    groups = sampler(flat, n, seed, desc)
+    by_type, start = {}, 0
+    for task_type, prompts in prompts_by_type.items():
+        by_type[task_type] = groups[start:start + len(prompts)]
+        start += len(prompts)
+    return by_type
+
+
 def proposer_jobs(buffer_map, task_type, count, rng, sampler, num_references):
     """`count` proposer prompts for one task type, identical on every rank (shared rng).
 
@@ -232,13 +248,33 @@ def proposer_jobs(buffer_map, task_type, count, rng, sampler, num_references):
     return jobs
 
 
-def propose(task_type, jobs, executor, sampler, seed, rank, world):
-    """Sample and validate this rank's slice of the jobs -> [(job, (tokens, text), Proposal)]."""
-    mine = my_slice(jobs, rank, world)
-    responses = [group[0] for group in sampler([tokens for _, tokens in mine], 1, seed, f"propose {task_type}")]
-    proposals = buffers.score_proposals(executor, task_type, [text for _, text in responses],
-                                        [references for references, _ in mine])
-    return list(zip(mine, responses, proposals))
+def propose(jobs_by_type, executor, sampler, seed, rank, world):
+    """Sample and validate this rank's slice of the jobs -> {task_type: [(job, response, Proposal)]}."""
+    mine = {task_type: my_slice(jobs, rank, world) for task_type, jobs in jobs_by_type.items()}
+    responses = sample_by_type(sampler, {t: [tokens for _, tokens in jobs] for t, jobs in mine.items()}, 1, seed,
+                               "propose")
+    proposed = {}
+    for task_type, jobs in mine.items():
+        firsts = [group[0] for group in responses[task_type]]
+        proposals = buffers.score_proposals(executor, task_type, [text for _, text in firsts],
+                                            [references for references, _ in jobs])
+        proposed[task_type] = list(zip(jobs, firsts, proposals))
+    return proposed
+
+
+def estimate_learnability(proposed, executor, sampler, cfg, seed):
+    """{id(task): solve rate s} of every valid proposal over n_solve_samples rollouts (not trained on)."""
+    valid = {t: [p.task for _, _, p in items if p.valid] for t, items in proposed.items()}
+    prompts = {t: [sampler.encode(buffers.solver_prompt(t, task)) for task in tasks] for t, tasks in valid.items()}
+    n = cfg.n_solve_samples
+    responses = sample_by_type(sampler, prompts, n, seed, "learnability")
+    solve_rates = {}
+    for task_type, tasks in valid.items():
+        texts = [text for group in responses[task_type] for _, text in group]
+        solutions = buffers.score_solutions(executor, task_type, [task for task in tasks for _ in range(n)], texts)
+        for i, task in enumerate(tasks):
+            solve_rates[id(task)] = sum(s.correct for s in solutions[i * n:(i + 1) * n]) / n
+    return solve_rates
 
 
 def add_gathered(buffer, tasks_per_rank):
@@ -265,20 +301,6 @@ def solver_jobs(buffer, new_tasks, task_type, count, rng, sampler):
     return jobs
 
 
-def estimate_learnability(task_type, proposed, executor, sampler, cfg, seed):
-    """Solve rate s of each valid proposal over n_solve_samples rollouts (not trained on)."""
-    valid = [p.task for _, _, p in proposed if p.valid]
-    if not valid:
-        return {}
-    prompts = [sampler.encode(buffers.solver_prompt(task_type, task)) for task in valid]
-    responses = sampler(prompts, cfg.n_solve_samples, seed, f"learnability {task_type}")
-    tasks = [task for task in valid for _ in range(cfg.n_solve_samples)]
-    texts = [text for group in responses for _, text in group]
-    solutions = buffers.score_solutions(executor, task_type, tasks, texts)
-    n = cfg.n_solve_samples
-    return {id(task): sum(s.correct for s in solutions[i * n:(i + 1) * n]) / n for i, task in enumerate(valid)}
-
-
 def seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log):
     """Fill the buffers with valid proposals of the base model, no training (spec section 9)."""
     triplet_types = ("deduction", "abduction")
@@ -286,61 +308,63 @@ def seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log):
         if all(len(buffer_map[t]) >= cfg.seed_size for t in triplet_types):
             break
         rng = random.Random(f"{cfg.seed}-seed-triplets-{round_index}")
-        new = []
-        for task_type in triplet_types:
-            jobs = proposer_jobs(buffer_map, task_type, cfg.batch_size, rng, sampler, cfg.num_references)
-            seed = sampling_seed(cfg, -1 - round_index, rank, task_type)
-            new += [p.task for _, _, p in propose(task_type, jobs, executor, sampler, seed, rank, world) if p.valid]
+        jobs = {t: proposer_jobs(buffer_map, t, cfg.batch_size, rng, sampler, cfg.num_references)
+                for t in triplet_types}
+        proposed = propose(jobs, executor, sampler, sampling_seed(cfg, -1 - round_index, rank, "triplets"),
+                           rank, world)
+        new = [p.task for items in proposed.values() for _, _, p in items if p.valid]
         for task in [task for rank_tasks in all_gather(new) for task in rank_tasks]:
             for task_type in triplet_types:  # both triplet buffers start from the same seed set
                 if len(buffer_map[task_type]) < cfg.seed_size:
                     buffer_map[task_type].add(task)
-        log(f"seed round {round_index}: deduction {len(buffer_map['deduction'])}, "
-            f"abduction {len(buffer_map['abduction'])} triplets")
+        log(f"seed round {round_index + 1}: {len(buffer_map['deduction'])} deduction, "
+            f"{len(buffer_map['abduction'])} abduction triplets")
     for round_index in range(cfg.seed_max_rounds):
         if len(buffer_map["induction"]) >= cfg.seed_size:
             break
         rng = random.Random(f"{cfg.seed}-seed-induction-{round_index}")
-        jobs = proposer_jobs(buffer_map, "induction", cfg.batch_size, rng, sampler, cfg.num_references)
-        seed = sampling_seed(cfg, -1 - round_index, rank, "induction")
-        new = [p.task for _, _, p in propose("induction", jobs, executor, sampler, seed, rank, world) if p.valid]
-        add_gathered(buffer_map["induction"], all_gather(new))
-        log(f"seed round {round_index}: induction {len(buffer_map['induction'])} tasks")
+        jobs = {"induction": proposer_jobs(buffer_map, "induction", cfg.batch_size, rng, sampler,
+                                           cfg.num_references)}
+        proposed = propose(jobs, executor, sampler, sampling_seed(cfg, -1 - round_index, rank, "induction"),
+                           rank, world)
+        add_gathered(buffer_map["induction"], all_gather([p.task for _, _, p in proposed["induction"] if p.valid]))
+        log(f"seed round {round_index + 1}: {len(buffer_map['induction'])} induction tasks")
 
 
 def collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world):
     """Steps 1-7 of spec section 8 for every task type; returns this rank's rollouts and samples."""
     rewards = Rewards(format_error=cfg.format_penalty, wrong=cfg.wrong_penalty)
     rng = random.Random(f"{cfg.seed}-step-{step}")  # same on every rank: same references and tasks
-    rollouts, samples = [], []
-    for task_type in TASK_TYPES:
-        jobs = proposer_jobs(buffer_map, task_type, cfg.batch_size, rng, sampler, cfg.num_references)
-        proposed = propose(task_type, jobs, executor, sampler, sampling_seed(cfg, step, rank, f"p-{task_type}"),
-                           rank, world)
-        solve_rates = estimate_learnability(task_type, proposed, executor, sampler, cfg,
-                                            sampling_seed(cfg, step, rank, f"l-{task_type}"))
-        for (_, prompt_tokens), (tokens, text), proposal in proposed:
+    jobs = {t: proposer_jobs(buffer_map, t, cfg.batch_size, rng, sampler, cfg.num_references) for t in TASK_TYPES}
+    proposed = propose(jobs, executor, sampler, sampling_seed(cfg, step, rank, "propose"), rank, world)
+    solve_rates = estimate_learnability(proposed, executor, sampler, cfg, sampling_seed(cfg, step, rank, "learn"))
+    rollouts = []
+    for task_type, items in proposed.items():
+        for (_, prompt_tokens), (tokens, text), proposal in items:
             solve_rate = solve_rates.get(id(proposal.task), float("nan"))
             rollouts.append(Rollout(task_type, "propose", prompt_tokens, tokens, text,
                                     reward=buffers.proposer_reward(proposal, solve_rate, rewards),
                                     format_ok=proposal.parsed.ok, valid=proposal.valid, solve_rate=solve_rate))
-        new_tasks = add_gathered(buffer_map[task_type], all_gather([p.task for _, _, p in proposed if p.valid]))
 
-        jobs = my_slice(solver_jobs(buffer_map[task_type], new_tasks, task_type, cfg.batch_size, rng, sampler),
-                        rank, world)
-        responses = [group[0] for group in sampler([tokens for _, tokens in jobs], 1,
-                                                   sampling_seed(cfg, step, rank, f"s-{task_type}"),
-                                                   f"solve {task_type}")]
-        solutions = buffers.score_solutions(executor, task_type, [task for task, _ in jobs],
-                                            [text for _, text in responses], rewards)
-        for (_, prompt_tokens), (tokens, text), solution in zip(jobs, responses, solutions):
+    new_tasks = {t: add_gathered(buffer_map[t], all_gather([p.task for _, _, p in items if p.valid]))
+                 for t, items in proposed.items()}
+    jobs = {t: my_slice(solver_jobs(buffer_map[t], new_tasks[t], t, cfg.batch_size, rng, sampler), rank, world)
+            for t in TASK_TYPES}
+    responses = sample_by_type(sampler, {t: [tokens for _, tokens in j] for t, j in jobs.items()}, 1,
+                               sampling_seed(cfg, step, rank, "solve"), "solve")
+    for task_type, task_jobs in jobs.items():
+        firsts = [group[0] for group in responses[task_type]]
+        solutions = buffers.score_solutions(executor, task_type, [task for task, _ in task_jobs],
+                                            [text for _, text in firsts], rewards)
+        for (_, prompt_tokens), (tokens, text), solution in zip(task_jobs, firsts, solutions):
             rollouts.append(Rollout(task_type, "solve", prompt_tokens, tokens, text, reward=solution.reward,
                                     format_ok=solution.parsed.ok, solve_rate=float(solution.correct)))
+    samples = []
+    for task_type in TASK_TYPES:
         for role in ROLES:
-            samples += [{"step": step, "task_type": task_type, "role": role, "reward": r.reward,
-                         "response": r.response_text}
-                        for r in [r for r in rollouts if r.task_type == task_type and r.role == role]
-                        [:cfg.samples_per_step]]
+            group = [r for r in rollouts if r.task_type == task_type and r.role == role]
+            samples += [{"step": step + 1, "task_type": task_type, "role": role, "reward": r.reward,
+                         "response": r.response_text} for r in group[:cfg.samples_per_step]]
     return rollouts, samples
 
 
@@ -433,15 +457,14 @@ def group_metrics(summaries):
 
 def save_checkpoint(run_dir, model, optimizer, step, rank):
     """Weights (safetensors), optimizer state, RNG states and step, swapped in atomically."""
-    if isinstance(optimizer, torch.distributed.optim.ZeroRedundancyOptimizer):
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
         optimizer.consolidate_state_dict(to=0)
     if rank != 0:
         return
     tmp, final = os.path.join(run_dir, "checkpoint.tmp"), os.path.join(run_dir, "checkpoint")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              os.path.join(tmp, "model.safetensors"))
+    save_weights(model, os.path.join(tmp, "model.safetensors"))  # stores tied embeddings once
     torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
     torch.save({"step": step, "python": random.getstate(), "torch": torch.get_rng_state()},
                os.path.join(tmp, "state.pt"))
@@ -454,7 +477,7 @@ def load_checkpoint(run_dir, model, optimizer, device):
     path = os.path.join(run_dir, "checkpoint")
     if not os.path.isdir(path):
         return 0
-    model.load_state_dict(load_file(os.path.join(path, "model.safetensors"), device=str(device)))
+    load_weights(model, os.path.join(path, "model.safetensors"), device=str(device))
     optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=device))
     state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
     random.setstate(state["python"])
@@ -553,7 +576,7 @@ def train(cfg, sample_fn=generate):
             logprob_module, device_ids=[device.index] if device.type == "cuda" else None)
     adamw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     if cfg.zero and world > 1:
-        optimizer = torch.distributed.optim.ZeroRedundancyOptimizer(
+        optimizer = ZeroRedundancyOptimizer(
             model.parameters(), optimizer_class=torch.optim.AdamW, **adamw)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), **adamw)

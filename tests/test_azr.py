@@ -15,11 +15,11 @@ from trr import trr_advantages
 
 
 # ----------------------------------------------------------------------------- a scripted sampler
-PROGRAMS = [  # (program, input) pairs the scripted proposer offers, all valid
-    ("def f(x):\n    return x * 2", "3"),
-    ("def f(s):\n    return s[::-1]", "'abc'"),
-    ("def f(a, b):\n    return [a + i for i in range(b)]", "1, 3"),
-    ("def f(n):\n    total = 0\n    for i in range(n):\n        total += i * i\n    return total", "5"),
+PROGRAMS = [  # (program, input) templates the scripted proposer fills with a counter: all valid, all new
+    ("def f(x):\n    return x * {k}", "3"),
+    ("def f(s):\n    return s[::-1] + '{k}'", "'abc'"),
+    ("def f(a, b):\n    return [a + i * {k} for i in range(b)]", "1, 3"),
+    ("def f(n):\n    total = {k}\n    for i in range(n):\n        total += i * i\n    return total", "5"),
 ]
 
 
@@ -56,7 +56,7 @@ class ScriptedSampler:
         good = self.counter % 2 == 0
         if "Create a new Python program" in task:
             program, args = PROGRAMS[(self.counter // 2) % len(PROGRAMS)]
-            return answer(fence("python", program), fence("input", args)) if good else "no idea"
+            return answer(fence("python", program.format(k=self.counter)), fence("input", args)) if good else "no idea"
         if "different inputs for f" in task:
             inputs = [fence("input", repr("x" * i)) for i in range(1, 11)]
             return answer(*inputs, fence("message", "a hint")) if good else answer(*inputs[:3])
@@ -143,8 +143,9 @@ def test_two_steps_end_to_end(tiny_checkpoint, tmp_path):
         assert m["deduction/solve/solve_rate"] == pytest.approx(0.5)
         assert m["deduction/propose/reward"] == pytest.approx(-0.25)
         assert m["deduction/propose/format_error_rate"] == pytest.approx(0.5)
-        for task_type in TASK_TYPES:
+        for task_type in ("deduction", "abduction"):
             assert m[f"{task_type}/propose/validity_rate"] == pytest.approx(0.5)
+        assert m["induction/propose/format_error_rate"] == pytest.approx(0.5)
     # seeding plus two steps of valid proposals grew every buffer, on disk too
     for task_type in TASK_TYPES:
         assert len(buffer_map[task_type]) > 1
@@ -235,13 +236,16 @@ def killed_run(checkpoint, out, kill_after_calls):
 @pytest.mark.slow
 def test_resume_after_sigkill_loses_nothing(tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
-    # seeding takes a few sampler calls and each step 9: die inside the second step
-    process = mp.get_context("spawn").Process(target=killed_run, args=(str(tiny_checkpoint), str(out), 20))
+    # seeding takes 2 sampler calls and each step 3 (propose, learnability, solve): die in step 2's
+    # solve call, after its new tasks were written to the buffers but before its checkpoint
+    process = mp.get_context("spawn").Process(target=killed_run, args=(str(tiny_checkpoint), str(out), 7))
     process.start()
     process.join(timeout=300)
     assert process.exitcode == -signal.SIGKILL
     before = {t: read_jsonl(out / f"buffer_{t}.jsonl") for t in TASK_TYPES}
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1]
+    seeded = read_jsonl(out / "seeds" / "deduction.jsonl")
+    assert len(before["deduction"]) > len(seeded) + 2  # steps 1 and 2 both added tasks
 
     _, tokenizer = load_model(str(tiny_checkpoint))
     cfg = azr.parse_config(["--resume", str(out), "--steps", "3"])
