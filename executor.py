@@ -13,6 +13,7 @@ wrote never gets to judge its own answer. The worker kills the child at the wall
 the init of a PID namespace kills everything inside it, so nothing outlives a call.
 """
 import ast
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -32,12 +33,10 @@ import traceback
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
-BANNED_MODULES = (
-    "logging", "random", "multiprocessing", "subprocess", "threading", "datetime", "time", "hashlib",
-    "hmac", "calendar", "os", "sys", "shutil", "socket", "signal", "ctypes", "pathlib", "io", "tempfile",
-    "pickle", "importlib", "builtins", "gc", "inspect", "asyncio", "concurrent", "secrets", "uuid",
-    "resource",
-)
+BANNED_MODULES = ("logging", "random", "multiprocessing", "subprocess", "threading", "datetime", "time",
+                  "hashlib", "hmac", "calendar", "os", "sys", "shutil", "socket", "signal", "ctypes", "pathlib",
+                  "io", "tempfile", "pickle", "importlib", "builtins", "gc", "inspect", "asyncio", "concurrent",
+                  "secrets", "uuid", "resource")  # spec section 4
 STATUSES = ("ok", "wrong", "error", "timeout", "banned", "nondeterministic", "too_long", "syntax")
 OPS = {"validate": (str, str), "check_output": (str, str, str), "check_input": (str, str, str),
        "check_program": (str, list), "run_script": (str,)}  # op -> argument types
@@ -75,66 +74,48 @@ def _banned_import(tree, banned):
         elif isinstance(node, ast.ImportFrom):
             names = [node.module or ""]
         elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and (isinstance(node.func, ast.Name) and node.func.id == "__import__"
-                   or isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")):
-            names = [node.args[0].value]
+              and getattr(node.func, "id", getattr(node.func, "attr", "")) in ("__import__", "import_module")):
+            names = [str(node.args[0].value)]
         for name in names:
             if any(part in banned for part in name.split(".")):
                 return name
     return None
 
 
-def _parse_program(program, banned, need_f=True):
-    """(ast, None) for a program passing spec section 4 checks 1-2, else (None, Result)."""
+def _parse(source, banned, mode):
+    """(tree, None) for a program ("exec") or an argument list ("args": the Call node of `f(<source>)`)
+    that parses and imports nothing banned, else (None, error reply)."""
+    what = "program" if mode == "exec" else "input"
     try:
-        tree = ast.parse(program)
+        tree = ast.parse(source if mode == "exec" else f"f(\n{source}\n)", mode="exec" if mode == "exec" else "eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-        return None, Result("syntax", message=f"program does not parse: {e}")
-    if need_f and not any(isinstance(n, ast.FunctionDef) and n.name == "f" for n in tree.body):
-        return None, Result("syntax", message="program defines no top-level function f")
+        return None, {"status": "syntax", "message": f"{what} does not parse: {e}"}
+    if mode == "args":  # `1), g(2` would otherwise smuggle a second expression past the parentheses
+        tree = tree.body
+        if not (isinstance(tree, ast.Call) and getattr(tree.func, "id", None) == "f"):
+            return None, {"status": "syntax", "message": "input is not an argument list"}
     bad = _banned_import(tree, banned)
-    return (None, Result("banned", message=f"imports banned module {bad}")) if bad else (tree, None)
-
-
-def _parse_args(text, banned):
-    """Call node of `f(<text>)` for an argument-list source, else (None, Result)."""
-    try:
-        call = ast.parse(f"f(\n{text}\n)", mode="eval").body
-    except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-        return None, Result("syntax", message=f"input does not parse: {e}")
-    # `1), g(2` would otherwise smuggle a second expression past the parentheses.
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "f"):
-        return None, Result("syntax", message="input is not an argument list")
-    bad = _banned_import(call, banned)
-    return (None, Result("banned", message=f"input imports banned module {bad}")) if bad else (call, None)
+    return (None, {"status": "banned", "message": f"{what} imports banned module {bad}"}) if bad else (tree, None)
 
 
 def _is_data(node, classes):
     """True if evaluating `node` runs no code its author wrote: literals, containers, arithmetic,
     SAFE_CALLS/SAFE_NAMES and the program's own top-level classes (the proposer's code, not the solver's)."""
-    if isinstance(node, ast.Constant):
-        return True
-    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-        return all(_is_data(e, classes) for e in node.elts)
-    if isinstance(node, ast.Dict):
-        return all(k is not None and _is_data(k, classes) for k in node.keys) and all(
-            _is_data(v, classes) for v in node.values)
-    if isinstance(node, ast.Starred):
-        return _is_data(node.value, classes)
-    if isinstance(node, ast.UnaryOp):
-        return _is_data(node.operand, classes)
-    if isinstance(node, ast.BinOp):
-        return _is_data(node.left, classes) and _is_data(node.right, classes)
-    if isinstance(node, ast.Name):
-        return node.id in SAFE_NAMES or node.id in classes
-    if isinstance(node, ast.Attribute):  # e.g. Color.RED of the program's enum
-        return isinstance(node.value, ast.Name) and node.value.id in classes and not node.attr.startswith("_")
     if isinstance(node, ast.Call):
-        return (isinstance(node.func, ast.Name) and (node.func.id in SAFE_CALLS or node.func.id in classes)
-                and all(_is_data(a, classes) for a in node.args)
-                and all(k.arg is not None and _is_data(k.value, classes) for k in node.keywords))
-    return False
+        if getattr(node.func, "id", None) not in {*SAFE_CALLS, *classes} or any(k.arg is None for k in node.keywords):
+            return False
+        children = node.args + [k.value for k in node.keywords]
+    elif isinstance(node, ast.Name):
+        return node.id in SAFE_NAMES or node.id in classes
+    elif isinstance(node, ast.Attribute):  # e.g. Color.RED of the program's enum
+        return getattr(node.value, "id", None) in classes and not node.attr.startswith("_")
+    elif isinstance(node, ast.Dict):
+        children = node.keys + node.values  # a None key is `**x`
+    elif isinstance(node, (ast.Constant, ast.Tuple, ast.List, ast.Set, ast.Starred, ast.UnaryOp, ast.BinOp)):
+        children = list(ast.iter_child_nodes(node))
+    else:
+        return isinstance(node, (ast.operator, ast.unaryop, ast.expr_context))
+    return all(child is not None and _is_data(child, classes) for child in children)
 
 
 def _normalize(text):
@@ -164,32 +145,32 @@ class Opaque:
         return self.text
 
 
+NUMBER = (int, float, complex)
+
+
 def _build(node):
     """The value of an expression node, built from SAFE_CALLS/SAFE_NAMES only; other parts become Opaque."""
     try:
         if isinstance(node, ast.Constant):
             return node.value
-        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and not any(
-                isinstance(e, ast.Starred) for e in node.elts):
-            kind = {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)]
+        kind = {ast.Tuple: tuple, ast.List: list, ast.Set: set}.get(type(node))
+        if kind and not any(isinstance(e, ast.Starred) for e in node.elts):
             return kind(_build(e) for e in node.elts)
         if isinstance(node, ast.Dict) and None not in node.keys:
             return {_build(k): _build(v) for k, v in zip(node.keys, node.values)}
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             value = _build(node.operand)
-            if type(value) in (int, float, complex):
+            if type(value) in NUMBER:
                 return -value if isinstance(node.op, ast.USub) else value
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):  # complex: (1+2j)
             left, right = _build(node.left), _build(node.right)
-            if type(left) in (int, float, complex) and type(right) in (int, float, complex):
+            if type(left) in NUMBER and type(right) in NUMBER:
                 return left + right if isinstance(node.op, ast.Add) else left - right
         if isinstance(node, ast.Name) and node.id in SAFE_NAMES:
             return SAFE_NAMES[node.id]
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in SAFE_CALLS
-                and not any(isinstance(a, ast.Starred) for a in node.args)
-                and all(k.arg is not None for k in node.keywords)):
-            return SAFE_CALLS[node.func.id](*[_build(a) for a in node.args],
-                                            **{k.arg: _build(k.value) for k in node.keywords})
+        if (isinstance(node, ast.Call) and getattr(node.func, "id", None) in SAFE_CALLS
+                and not any(isinstance(a, ast.Starred) for a in node.args) and all(k.arg for k in node.keywords)):
+            return SAFE_CALLS[node.func.id](*map(_build, node.args), **{k.arg: _build(k.value) for k in node.keywords})
     except (TypeError, ValueError, OverflowError, RecursionError, MemoryError):
         pass  # e.g. {[1]}: unhashable; compared as text below
     return Opaque(ast.unparse(node))
@@ -205,30 +186,16 @@ def value_of(text):
 
 def _decode(enc):
     """Inverse of _encode. Raises on malformed input (it comes from an untrusted child)."""
-    tag = enc[0]
-    if tag == "opaque":
-        return Opaque(str(enc[1]))
-    if tag == "None":
-        return None
-    atoms = {"bool": bool, "int": int, "float": float, "str": str, "bytes": bytes.fromhex}
+    tag, *rest = enc
+    atoms = {"opaque": Opaque, "None": lambda: None, "bool": bool, "int": int, "float": float, "str": str,
+             "bytes": bytes.fromhex, "complex": lambda re, im: complex(float(re), float(im))}
     if tag in atoms:
-        return atoms[tag](enc[1])
-    if tag == "complex":
-        return complex(float(enc[1]), float(enc[2]))
-    items = [_decode(e) for e in enc[1]]
-    if tag in ("list", "tuple", "set", "frozenset"):
-        return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
-    if tag == "deque":
-        return deque(items, enc[2])
-    pairs = [(items[i], items[i + 1]) for i in range(0, len(items), 2)]
+        return atoms[tag](*rest)
+    items = [_decode(e) for e in rest[0]]
+    if tag in ("list", "tuple", "set", "frozenset", "deque"):
+        return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset, "deque": deque}[tag](items, *rest[1:])
+    pairs = zip(items[::2], items[1::2])
     return {"dict": dict, "Counter": lambda p: Counter(dict(p)), "OrderedDict": OrderedDict}[tag](pairs)
-
-
-def _equal(a, b):
-    try:
-        return bool(a == b)
-    except Exception:  # noqa: BLE001 - e.g. RecursionError on absurd nesting: not equal
-        return False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -240,20 +207,14 @@ _ENCODED_CONTAINERS = {list: "list", tuple: "tuple", set: "set", frozenset: "fro
 
 
 def _encode(value, active):
-    """JSON-able tree for builtin values; Opaque(repr) for anything else. `active`: ids on the stack."""
+    """JSON-able tree for builtin values; ["opaque", repr] for anything else. `active`: ids on the stack."""
     kind = type(value)
-    if value is None:
-        return ["None"]
-    if kind is bool or kind is str:
-        return [kind.__name__, value]
-    if kind is int:
-        return ["int", str(value)]
-    if kind is float:
-        return ["float", repr(value)]  # keeps inf, nan and -0.0
+    if value is None or kind in (bool, str):
+        return ["None"] if value is None else [kind.__name__, value]
+    if kind in (int, float, bytes):  # float repr keeps inf, nan and -0.0
+        return [kind.__name__, value.hex() if kind is bytes else repr(value)]
     if kind is complex:
         return ["complex", repr(value.real), repr(value.imag)]
-    if kind is bytes:
-        return ["bytes", value.hex()]
     if kind not in _ENCODED_CONTAINERS:
         return ["opaque", repr(value)]
     if id(value) in active:
@@ -273,41 +234,22 @@ def _child_run(job):
         return {"status": "ok"}
     # inf/nan/Counter/... resolve even when the program did not import them; the program's names win.
     fallback = {k: v for k, v in {**SAFE_CALLS, **SAFE_NAMES}.items() if k not in g}
-
-    def call(args_source):
-        return eval(compile(f"f(\n{args_source}\n)", "<input>", "eval"), g, fallback)
-
-    limit = job["max_output_chars"]
-    if job["op"] == "validate":  # spec section 4 checks 3-4: twice in one process, equal, short enough
-        first, second = call(job["inputs"][0]), call(job["inputs"][0])
-        text, text2 = repr(first), repr(second)
-        if text != text2 or not first == second:
-            return {"status": "nondeterministic", "message": f"{_short(text, 200)} != {_short(text2, 200)}"}
-        if len(text) > limit:
-            return {"status": "too_long", "message": f"repr has {len(text)} > {limit} chars"}
-        return {"status": "ok", "output": text}
-    values = []
+    limit, values = job["max_output_chars"], []
     for args_source in job["inputs"]:
-        value = call(args_source)
+        call = compile(f"f(\n{args_source}\n)", "<input>", "eval")
+        value = eval(call, g, fallback)
         text = repr(value)
-        if len(text) > limit:
+        if job["op"] == "validate":  # spec section 4 check 3: a second run in the same process, equal
+            again = eval(call, g, fallback)  # (the input is rebuilt: f may have mutated the first one)
+            if repr(again) != text or not again == value:
+                return {"status": "nondeterministic", "message": f"{_short(text, 200)} != {_short(repr(again), 200)}"}
+        if len(text) > limit:  # spec section 4 check 4
             return {"status": "too_long", "message": f"repr has {len(text)} > {limit} chars"}
         try:
-            enc = _encode(value, set())
+            values.append([text, _encode(value, set())])
         except (ValueError, RecursionError):
-            enc = ["opaque", text]
-        values.append([text, enc])
-    return {"status": "ok", "values": values}
-
-
-def _child_reply(job):
-    try:
-        return _child_run(job)
-    except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are program errors too
-        try:
-            return {"status": "error", "message": _short("".join(traceback.format_exception_only(e)).strip())}
-        except BaseException:  # noqa: BLE001 - an exception whose __str__ raises
-            return {"status": "error", "message": "unprintable exception"}
+            values.append([text, ["opaque", text]])
+    return {"status": "ok", "output": values[0][0], "values": values}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -316,7 +258,7 @@ def _child_reply(job):
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 0x1000, 0x4000, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")  # world-writable on most systems
 # Imported once in the worker, so children get them for free (and even where the uid can't read them).
 PRELOADED = ("heapq", "bisect", "itertools", "functools", "operator", "re", "string", "math", "cmath",
@@ -379,6 +321,8 @@ def _unhide_python():
     """Let the sandbox uid import the standard library and site-packages even when Python lives under a
     0700 directory (pyenv in /root): in the worker's own mount namespace, cover each such directory with
     an empty tmpfs and bind-mount back only the entries on Python's paths. Nothing else there is visible."""
+    if os.geteuid() != 0:
+        return
     _sys("unshare", CLONE_NEWNS)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     blocked = {}  # closed directory -> names inside it that Python needs
@@ -401,25 +345,15 @@ def _unhide_python():
 def _probe(cfg):
     """Which isolation features this OS grants the worker; a test child proves the full setup works."""
     features = {"root": os.geteuid() == 0, "net_ns": False, "pid_ns": False, "mount_ns": False}
-    if cfg["namespaces"]:
-        try:
-            if features["root"]:
-                _unhide_python()
-        except OSError:
-            pass  # programs can then import only what is preloaded or world-readable
-        try:
-            _sys("unshare", CLONE_NEWNET)  # the worker and all its children: loopback only, and it is down
-            features["net_ns"] = True
-        except OSError:
-            pass
-        try:
-            features["pidns_fd"] = os.open("/proc/self/ns/pid", os.O_RDONLY)
-            _sys("unshare", CLONE_NEWPID)
-            features["pid_ns"] = True
-        except OSError:
-            pass
-    for mount_ns in (True, False)[not cfg["namespaces"]:]:
-        features["mount_ns"] = mount_ns
+    steps = [("unhide", _unhide_python),  # without it, only preloaded or world-readable modules import
+             ("net_ns", lambda: _sys("unshare", CLONE_NEWNET)),  # worker and children: loopback only, down
+             ("pid_ns", lambda: _sys("unshare", CLONE_NEWPID))]
+    features["pidns_fd"] = os.open("/proc/self/ns/pid", os.O_RDONLY)
+    for name, step in steps if cfg["namespaces"] else []:
+        with contextlib.suppress(OSError):
+            step()
+            features[name] = True
+    for features["mount_ns"] in (True, False)[not cfg["namespaces"]:]:
         reply = _sandboxed({"op": "run_script", "program": "pass"}, cfg, features)
         if reply["status"] == "ok":
             return features
@@ -427,29 +361,47 @@ def _probe(cfg):
 
 
 def _kill_uid(uid):
-    """SIGKILL every process of `uid` (used without a PID namespace): kill(-1) from a helper with that uid."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setresuid(uid, uid, uid)
-            os.kill(-1, signal.SIGKILL)
-        finally:
+    """Without a PID namespace: SIGKILL every process of `uid` (kill(-1) from a helper with that uid, which
+    forks cannot outrun) until none runs (zombies aside), so the next call gets its whole RLIMIT_NPROC."""
+    def alive():  # /proc/<pid> of a process that changed uid is owned by root: read its status instead
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError, KeyError, ValueError):  # OSError: it exited while we looked
+                with open(f"/proc/{pid}/status") as fh:
+                    status = dict(line.split(":", 1) for line in fh.read().splitlines() if ":" in line)
+                if int(status["Uid"].split()[0]) == uid and status["State"].split()[0] != "Z":
+                    return True
+        return False
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        pid = os.fork()
+        if pid == 0:
+            with contextlib.suppress(BaseException):
+                os.setresuid(uid, uid, uid)
+                os.kill(-1, signal.SIGKILL)
             os._exit(0)
-    os.waitpid(pid, 0)
+        os.waitpid(pid, 0)
+        if not alive():
+            return
+        time.sleep(0.005)
 
 
 def _child_main(job, cfg, features, uid, workdir, out_w, res_w):
     """The forked child: enter the sandbox, run the job, write the reply to fd 3. Never returns."""
     code = SETUP_FAILED
     try:
-        _enter_sandbox(cfg, features, uid, workdir, out_w, res_w)
+        _enter_sandbox(cfg, features, uid, workdir, out_w, res_w)  # closes every other descriptor
         code = 0
-        reply = json.dumps(_child_reply(job)).encode()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        view = memoryview(reply)
-        while view:
-            view = view[os.write(3, view):]
+        try:
+            reply = _child_run(job)
+        except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are program errors too
+            reply = {"status": "error", "message": "unprintable exception"}
+            with contextlib.suppress(BaseException):  # an exception's __str__ is the program's code too
+                reply["message"] = _short("".join(traceback.format_exception_only(e)).strip())
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        _write_all(3, json.dumps(reply).encode())
     finally:
         os._exit(code)
 
@@ -460,33 +412,29 @@ def _sandboxed(job, cfg, features):
     workdir = "/tmp" if features["mount_ns"] else tempfile.mkdtemp(prefix="azr-sandbox-")
     if workdir != "/tmp" and features["root"]:
         os.chown(workdir, uid, uid)
-    out_r, out_w = os.pipe()
-    res_r, res_w = os.pipe()
+    (out_r, out_w), (res_r, res_w) = os.pipe(), os.pipe()
     try:
-        if features["pid_ns"]:  # a fresh PID namespace for the next child; the child is its init
+        if features["pid_ns"]:  # a fresh PID namespace for the next child, which will be its init
             _sys("setns", features["pidns_fd"], CLONE_NEWPID)
             _sys("unshare", CLONE_NEWPID)
         pid = os.fork()
     except OSError as e:
         pid, error = -1, e
     if pid == 0:
-        os.close(out_r)
-        os.close(res_r)
         _child_main(job, cfg, features, uid, workdir, out_w, res_w)
     os.close(out_w)
     os.close(res_w)
-    reply, output, timed_out, status = bytearray(), bytearray(), False, 0
+    reply, output, timed_out = bytearray(), bytearray(), False
     try:
         if pid < 0:
             return {"status": "error", "message": f"cannot start the sandbox: {error}"}
-        deadline = time.monotonic() + cfg["timeout_s"]
-        pidfd = os.pidfd_open(pid)
+        deadline, pidfd = time.monotonic() + cfg["timeout_s"], os.pidfd_open(pid)
         open_fds = [pidfd, res_r, out_r]
         while pidfd in open_fds and len(reply) <= MAX_REPLY_BYTES:
             remaining = deadline - time.monotonic()
             ready = select.select(open_fds, [], [], remaining)[0] if remaining > 0 else []
-            if not ready:
-                timed_out = True
+            timed_out = not ready
+            if timed_out:
                 break
             for fd in ready:
                 chunk = os.read(fd, 1 << 16) if fd != pidfd else b""
@@ -494,50 +442,41 @@ def _sandboxed(job, cfg, features):
                     open_fds.remove(fd)
                 elif fd == res_r:
                     reply += chunk
-                elif len(output) < KEPT_OUTPUT_BYTES:  # keep the start, drain and drop the rest
+                else:  # keep the start of stdout/stderr, drain and drop the rest
                     output += chunk[:KEPT_OUTPUT_BYTES - len(output)]
         os.close(pidfd)
     finally:
         if pid > 0:
-            os.kill(pid, signal.SIGKILL)  # init of its PID namespace: takes every process inside along
+            os.kill(pid, signal.SIGKILL)  # the init of its PID namespace: takes everything inside along
             if not features["pid_ns"]:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                if features["root"]:  # also whatever left the process group (setsid, double fork)
+                if features["root"]:  # and whatever left the process group (setsid, double fork)
                     _kill_uid(uid)
             status = os.waitpid(pid, 0)[1]
+            with contextlib.suppress(ChildProcessError):  # orphans we inherited as subreaper count
+                while os.waitpid(-1, os.WNOHANG)[0]:  # against RLIMIT_NPROC until reaped
+                    pass
             os.set_blocking(res_r, False)  # the rest of the reply; its writers are all dead now
-            try:
+            with contextlib.suppress(BlockingIOError):
                 while len(reply) <= MAX_REPLY_BYTES and (chunk := os.read(res_r, 1 << 16)):
                     reply += chunk
-            except BlockingIOError:
-                pass
         os.close(res_r)
         os.close(out_r)
         if workdir != "/tmp":
             shutil.rmtree(workdir, ignore_errors=True)
-    return _interpret(reply, status, timed_out, output.decode(errors="replace"), cfg)
-
-
-def _interpret(reply, status, timed_out, output, cfg):
     if timed_out:
         return {"status": "timeout", "message": f"wall clock {cfg['timeout_s']} s"}
-    if len(reply) > MAX_REPLY_BYTES:
-        return {"status": "error", "message": "reply too large"}
-    try:
-        parsed = json.loads(reply)
+    with contextlib.suppress(ValueError, TypeError, KeyError, RecursionError):
+        parsed = json.loads(reply) if len(reply) <= MAX_REPLY_BYTES else {}
         if parsed["status"] in STATUSES and isinstance(parsed.get("message", ""), str):
             return parsed
-    except (ValueError, TypeError, KeyError, RecursionError):
-        pass
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
         return {"status": "timeout", "message": "CPU time limit"}
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == SETUP_FAILED:
         return {"status": "error", "message": "sandbox setup failed"}
     how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"code {os.waitstatus_to_exitcode(status)}"
-    return {"status": "error", "message": _short(f"died without a result ({how}): {output.strip()}")}
+    return {"status": "error", "message": _short(f"died without a result ({how}): {output.decode(errors='replace')}")}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -546,37 +485,28 @@ def _interpret(reply, status, timed_out, output, cfg):
 def _handle(op, args, cfg, features):
     """Reply dict (Result fields) for one call."""
     if op not in OPS or len(args) != len(OPS[op]) or not all(map(isinstance, args, OPS[op])):
-        return {"status": "error", "message": f"bad call {op!r} with arguments of types "
-                                              f"{[type(a).__name__ for a in args]}"}
+        return {"status": "error", "message": f"bad call {op!r} with arguments {[type(a).__name__ for a in args]}"}
     banned = () if op == "run_script" else frozenset(cfg["banned"])
-    tree, err = _parse_program(args[0], banned, need_f=op != "run_script")
-    if err:
-        return err.__dict__
-    job = {"op": op, "program": args[0], "max_output_chars": cfg["max_output_chars"], "inputs": []}
-    expected = []
-    if op in ("validate", "check_output", "check_input"):
-        call, err = _parse_args(args[1], banned)
-        if err:
-            return err.__dict__
-        # A solver's input must be plain data: code in it could fake the value f returns.
-        classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
-        nodes = call.args + [k.value for k in call.keywords]
-        if op == "check_input" and not (all(k.arg is not None for k in call.keywords)
-                                        and all(_is_data(n, classes) for n in nodes)):
-            return {"status": "syntax", "message": "predicted input must be literal values"}
-        job["inputs"] = [args[1]]
-        expected = [value_of(args[2])] if op != "validate" else []
-    elif op == "check_program":
-        pairs = args[1]
-        if not pairs or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
-                                for p in pairs):
+    tree, err = _parse(args[0], banned, "exec")
+    if err or (op != "run_script" and not any(isinstance(n, ast.FunctionDef) and n.name == "f" for n in tree.body)):
+        return err or {"status": "syntax", "message": "program defines no top-level function f"}
+    if op == "check_program":
+        if not args[1] or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+                                  for p in args[1]):
             return {"status": "error", "message": "check_program needs a non-empty list of (input, output)"}
-        for source, _ in pairs:
-            err = _parse_args(source, banned)[1]
-            if err:
-                return err.__dict__
-        job["inputs"] = [source for source, _ in pairs]
-        expected = [value_of(output) for _, output in pairs]
+        inputs, expected = [i for i, _ in args[1]], [value_of(o) for _, o in args[1]]
+    else:
+        inputs, expected = args[1:2], [value_of(a) for a in args[2:]]
+    for source in inputs:
+        call, err = _parse(source, banned, "args")
+        if err:
+            return err
+    if op == "check_input":  # a solver's input must be plain data: code in it could fake what f returns
+        classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+        if not all(k.arg and _is_data(k.value, classes) for k in call.keywords) or not all(
+                _is_data(a, classes) for a in call.args):
+            return {"status": "syntax", "message": "predicted input must be literal values"}
+    job = {"op": op, "program": args[0], "max_output_chars": cfg["max_output_chars"], "inputs": inputs}
     reply = _sandboxed(job, cfg, features)
     if reply["status"] != "ok" or op in ("validate", "run_script"):
         return {"status": reply["status"], "output": str(reply.get("output", "")),
@@ -586,12 +516,22 @@ def _handle(op, args, cfg, features):
         assert len(got) == len(expected)
     except Exception:  # noqa: BLE001 - a program can write anything to its reply pipe
         return {"status": "error", "message": "malformed reply from the sandbox"}
+    output = got[0][0] if op != "check_program" else ""
     for i, ((text, value), want) in enumerate(zip(got, expected)):
-        if not _equal(value, want):
+        try:  # both sides are builtin values or Opaque: no model-written __eq__ runs here
+            equal = bool(value == want)
+        except RecursionError:
+            equal = False
+        if not equal:
             where = f"pair {i}: " if op == "check_program" else ""
-            return {"status": "wrong", "output": text if op != "check_program" else "",
-                    "message": _short(f"{where}expected {want!r}, got {text}")}
-    return {"status": "ok", "output": got[0][0] if op != "check_program" else "", "message": ""}
+            return {"status": "wrong", "output": output, "message": _short(f"{where}expected {want!r}, got {text}")}
+    return {"status": "ok", "output": output, "message": ""}
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _read_exact(fd, n):
@@ -606,15 +546,14 @@ def _read_exact(fd, n):
 
 def _send(fd, obj):
     data = json.dumps(obj).encode()
-    view = memoryview(struct.pack(">I", len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]
+    _write_all(fd, struct.pack(">I", len(data)) + data)
 
 
 def _worker_main(config_json):
     """Serve calls from the trainer over stdin/stdout until stdin closes."""
     cfg = json.loads(config_json)
     _sys("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _sys("prctl", PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of a program come back to us, not init
     if os.getppid() != cfg["trainer_pid"]:  # the trainer died before we could ask to follow it
         os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the trainer, which then closes us
@@ -626,7 +565,7 @@ def _worker_main(config_json):
     for name in PRELOADED:
         __import__(name)
     features = _probe(cfg)
-    _send(replies, {k: v for k, v in features.items() if k != "pidns_fd"})
+    _send(replies, {k: features[k] for k in ("root", "net_ns", "pid_ns", "mount_ns")})
     while True:
         try:
             op, args = json.loads(_read_exact(requests, struct.unpack(">I", _read_exact(requests, 4))[0]))
@@ -645,56 +584,59 @@ def _worker_main(config_json):
 _WORKER_BOOT = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('azr_executor', "
                 "sys.argv[1]); m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
                 "m._worker_main(sys.argv[2])")
-_GRACE_S = 10.0  # worker-side overhead beyond the child's wall clock before we declare the worker hung
+GRACE_S = 10.0  # worker overhead beyond a call's wall clock before the trainer declares the worker hung
+
+
+def _read_message(fd):
+    return json.loads(_read_exact(fd, struct.unpack(">I", _read_exact(fd, 4))[0]))
 
 
 class Executor:
-    """Pool of sandbox workers. Not thread-safe: call from one thread."""
+    """Pool of sandbox workers. Not thread-safe: call it from one thread."""
 
     def __init__(self, workers=None, timeout_s=5.0, memory_mb=1024, banned_modules=BANNED_MODULES,
                  max_output_chars=1000, file_mb=16, max_processes=64, sandbox_uid=65534, namespaces=True):
         """workers: processes (default: usable CPUs); timeout_s: wall clock per call (all its runs of f);
         memory_mb: address space per program; file_mb: largest file and size of each scratch tmpfs;
-        max_processes: RLIMIT_NPROC for the sandbox uid; sandbox_uid: worker i runs programs as uid
-        sandbox_uid - i when root; namespaces=False skips Linux namespaces, as on systems without them."""
+        max_processes: RLIMIT_NPROC per sandbox uid; sandbox_uid: when root, worker i of torchrun's local
+        rank r runs programs as uid sandbox_uid - r * workers - i (one uid per worker on the node, so one
+        worker's cleanup and process limit never touch another's); namespaces=False skips Linux
+        namespaces, as on systems that forbid them."""
         self.workers = workers or len(os.sched_getaffinity(0))
         self.timeout_s = timeout_s
-        here = os.path.dirname(os.path.abspath(__file__))
+        self.sandbox = {}  # the isolation the OS granted: root, net_ns, pid_ns, mount_ns (all bool)
         self._config = {"timeout_s": timeout_s, "memory_mb": memory_mb, "banned": list(banned_modules),
-                        "max_output_chars": max_output_chars, "file_mb": file_mb,
-                        "max_processes": max_processes, "trainer_pid": os.getpid(), "sandbox_uid": sandbox_uid,
-                        "namespaces": namespaces,
-                        # the trainer's imports minus the repo, so programs can't import azr's modules
-                        "sys_path": [p for p in sys.path if p and os.path.abspath(p) != here]}
+                        "max_output_chars": max_output_chars, "file_mb": file_mb, "max_processes": max_processes,
+                        "namespaces": namespaces, "sandbox_uid": sandbox_uid, "trainer_pid": os.getpid()}
+        here = os.path.dirname(os.path.abspath(__file__))
+        self._env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+                     "PYTHONHASHSEED": "0",  # set and dict-of-str orders, hence reprs, agree across workers
+                     # the trainer's imports minus the repo, so programs can't import azr's modules
+                     "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.abspath(p) != here)}
         self._procs = []
-        self.sandbox = {}  # isolation features the OS granted (root, net_ns, pid_ns, mount_ns)
-        for i in range(self.workers):
-            self._procs.append(self._spawn(i))
+        try:
+            for i in range(self.workers):
+                self._procs.append(self._spawn(i))
+        except BaseException:
+            self.close()
+            raise
 
     def _spawn(self, index):
-        """Start worker `index`; each gets its own uid so one worker's cleanup can't touch another's."""
-        cfg = dict(self._config, uid=self._config["sandbox_uid"] - index)
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",  # fixed set/dict order
-               "PYTHONPATH": os.pathsep.join(cfg.pop("sys_path")), "PYTHONDONTWRITEBYTECODE": "1"}
-        proc = subprocess.Popen([sys.executable, "-S", "-s", "-c", _WORKER_BOOT, os.path.abspath(__file__),
-                                 json.dumps(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                env=env, cwd="/", start_new_session=True)
+        """Start worker `index` (see sandbox_uid)."""
+        first_uid = self._config["sandbox_uid"] - int(os.environ.get("LOCAL_RANK", 0)) * self.workers
+        cfg = json.dumps(dict(self._config, uid=first_uid - index))
+        proc = subprocess.Popen([sys.executable, "-S", "-s", "-c", _WORKER_BOOT, os.path.abspath(__file__), cfg],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env, cwd="/",
+                                start_new_session=True)
         try:
-            ready = select.select([proc.stdout], [], [], 60)[0]
-            hello = self._read_message(proc.stdout.fileno()) if ready else None
-        except EOFError:
-            hello = None
-        if hello is None:
+            if not select.select([proc.stdout], [], [], 60)[0]:
+                raise EOFError
+            self.sandbox = _read_message(proc.stdout.fileno())
+        except (EOFError, ValueError):
             proc.kill()
             proc.wait()
-            raise RuntimeError("executor worker failed to start")
-        self.sandbox = hello
+            raise RuntimeError("executor worker failed to start") from None
         return proc
-
-    @staticmethod
-    def _read_message(fd):
-        size = struct.unpack(">I", _read_exact(fd, 4))[0]
-        return json.loads(_read_exact(fd, size))
 
     def _replace(self, index):
         proc = self._procs[index]
@@ -707,12 +649,9 @@ class Executor:
     def run_batch(self, calls):
         """Results for `calls` [(op, *args)], in order, run in parallel across the workers. Never raises
         for bad programs or malformed calls."""
-        results = [None] * len(calls)
-        pending = deque(enumerate(calls))
-        idle = list(range(len(self._procs)))
-        busy = {}  # worker index -> (call index, deadline)
-        selector = selectors.DefaultSelector()
-        try:
+        results, pending = [None] * len(calls), deque(enumerate(calls))
+        idle, busy = list(range(len(self._procs))), {}  # busy: worker -> (call index, deadline)
+        with selectors.DefaultSelector() as selector:
             while pending or busy:
                 while pending and idle:
                     worker, (i, call) = idle.pop(), pending.popleft()
@@ -722,35 +661,29 @@ class Executor:
                         _send(self._procs[worker].stdin.fileno(), request)
                     except (TypeError, IndexError, ValueError) as e:
                         results[i] = Result("error", message=f"malformed call: {e!r}")
-                        idle.append(worker)
-                        continue
-                    except OSError:  # worker died while idle: replace it and retry the call
+                    except OSError:  # the worker died while idle: replace it and retry the call
                         self._replace(worker)
                         pending.appendleft((i, call))
-                        idle.append(worker)
+                    else:
+                        busy[worker] = (i, time.monotonic() + self.timeout_s + GRACE_S)
+                        selector.register(self._procs[worker].stdout.fileno(), selectors.EVENT_READ, worker)
                         continue
-                    busy[worker] = (i, time.monotonic() + self.timeout_s + _GRACE_S)
-                    selector.register(self._procs[worker].stdout.fileno(), selectors.EVENT_READ, worker)
+                    idle.append(worker)
                 wait = min(deadline for _, deadline in busy.values()) - time.monotonic()
-                for key, _ in selector.select(max(wait, 0)):
-                    worker = key.data
-                    selector.unregister(key.fd)
+                ready = [key.data for key, _ in selector.select(max(wait, 0))]
+                for worker in [w for w in busy if w in ready or time.monotonic() > busy[w][1]]:
                     i, _ = busy.pop(worker)
+                    selector.unregister(self._procs[worker].stdout.fileno())
+                    idle.append(worker)
+                    if worker not in ready:
+                        results[i] = Result("timeout", message="sandbox worker did not answer")
+                        self._replace(worker)
+                        continue
                     try:
-                        results[i] = Result(**self._read_message(key.fd))
+                        results[i] = Result(**_read_message(self._procs[worker].stdout.fileno()))
                     except (EOFError, OSError, ValueError, TypeError):
                         results[i] = Result("error", message="sandbox worker crashed")
                         self._replace(worker)
-                    idle.append(worker)
-                for worker, (i, deadline) in list(busy.items()):
-                    if time.monotonic() > deadline:
-                        selector.unregister(self._procs[worker].stdout.fileno())
-                        del busy[worker]
-                        results[i] = Result("timeout", message="sandbox worker did not answer")
-                        self._replace(worker)
-                        idle.append(worker)
-        finally:
-            selector.close()
         return results
 
     def validate(self, program, input):
@@ -770,13 +703,13 @@ class Executor:
         return self.run_batch([("check_program", candidate_program, pairs)])[0]
 
     def run_script(self, source):
-        """Run a whole script (benchmark tests); ok iff it finishes without an exception. No banned-import
-        check, every sandbox limit applies."""
+        """A whole script (benchmark tests): ok iff it finishes without an exception. No banned-import
+        check; every sandbox limit applies."""
         return self.run_batch([("run_script", source)])[0]
 
     def close(self):
         for proc in self._procs:
-            proc.stdin.close()  # the worker exits on EOF
+            proc.stdin.close()  # the worker exits at EOF
         for proc in self._procs:
             try:
                 proc.wait(timeout=2)
