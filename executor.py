@@ -284,6 +284,9 @@ def _mount(source, target, fstype, flags, data=None):
 def _enter_sandbox(cfg, features, uid, workdir, out_w, res_w):
     """In the forked child, before any model-written code: isolate, limit, drop privileges."""
     os.setsid()
+    if features["memory_cgroup"]:
+        with open(f"{features['memory_cgroup']}/cgroup.procs", "w") as fh:
+            fh.write("0")  # this process; its children follow
     if features["mount_ns"]:
         _sys("unshare", CLONE_NEWNS | CLONE_NEWIPC)
         _mount(None, "/", None, MS_REC | MS_PRIVATE)  # our mounts must not propagate to the host
@@ -342,9 +345,38 @@ def _unhide_python():
             os.close(fd)
 
 
+def _memory_cgroup(memory_mb):
+    """A memory cgroup below the worker's own (v1, or v2 where delegated) capping each call's processes
+    together at memory_mb: RLIMIT_AS is per process, so 64 forked children could otherwise take 64 times
+    that. Path, or None where not permitted."""
+    with open("/proc/self/cgroup") as fh:
+        entries = [line.rstrip("\n").split(":", 2) for line in fh]
+    for _, controllers, relative in sorted(entries, key=lambda e: e[1] == ""):  # v1 memory first
+        if controllers and "memory" not in controllers.split(","):
+            continue
+        base, limit = ("/sys/fs/cgroup", "memory.max") if not controllers else ("/sys/fs/cgroup/memory",
+                                                                             "memory.limit_in_bytes")
+        parent = f"{base}{relative.rstrip('/')}"
+        path = f"{parent}/azr-executor-{os.getpid()}"
+        with contextlib.suppress(OSError):
+            for stale in os.listdir(parent):  # left by killed workers
+                if stale.startswith("azr-executor-") and not os.path.exists(f"/proc/{stale[13:]}"):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(f"{parent}/{stale}")
+            os.mkdir(path)
+            if os.path.exists(f"{path}/cgroup.procs"):  # a real cgroup, not a directory in a tmpfs
+                with open(f"{path}/{limit}", "w") as fh:
+                    fh.write(str(memory_mb << 20))
+                return path
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+    return None
+
+
 def _probe(cfg):
     """Which isolation features this OS grants the worker; a test child proves the full setup works."""
-    features = {"root": os.geteuid() == 0, "net_ns": False, "pid_ns": False, "mount_ns": False}
+    features = {"root": os.geteuid() == 0, "net_ns": False, "pid_ns": False, "mount_ns": False,
+                "memory_cgroup": _memory_cgroup(cfg["memory_mb"]) if cfg["namespaces"] else None}
     steps = [("unhide", _unhide_python),  # without it, only preloaded or world-readable modules import
              ("net_ns", lambda: _sys("unshare", CLONE_NEWNET)),  # worker and children: loopback only, down
              ("pid_ns", lambda: _sys("unshare", CLONE_NEWPID))]
@@ -565,11 +597,13 @@ def _worker_main(config_json):
     for name in PRELOADED:
         __import__(name)
     features = _probe(cfg)
-    _send(replies, {k: features[k] for k in ("root", "net_ns", "pid_ns", "mount_ns")})
+    _send(replies, {k: bool(features[k]) for k in ("root", "net_ns", "pid_ns", "mount_ns", "memory_cgroup")})
     while True:
         try:
             op, args = json.loads(_read_exact(requests, struct.unpack(">I", _read_exact(requests, 4))[0]))
         except EOFError:
+            with contextlib.suppress(OSError, TypeError):
+                os.rmdir(features["memory_cgroup"])
             os._exit(0)
         try:
             reply = _handle(op, args, cfg, features)

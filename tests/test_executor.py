@@ -1,5 +1,6 @@
 """Tests for executor.py: one test per attack from the issue (each also checks that this process is
 unaffected), correctness of every operation on tricky values, run_batch ordering and worker replacement."""
+import ast
 import os
 import socket
 import tempfile
@@ -110,6 +111,20 @@ def test_memory_bomb(ex, sentinel):
     result = ex.validate("def f(x):\n    return len(bytearray(x))", "10 ** 10")
     assert result.status == "error" and "MemoryError" in result.message
     assert ex.validate(GROW, "1").status == "error"
+    assert_unaffected(ex, sentinel)
+
+
+def test_memory_bomb_across_processes(ex, sentinel):
+    # Four children of 300 MB each, held together: RLIMIT_AS (512 MB) is per process and allows each;
+    # the per-call memory cgroup (512 MB for all of them) must not.
+    program = ("def f(n):\n    o = __import__('o' + 's')\n    kids = []\n    for _ in range(n):\n"
+               "        pid = o.fork()\n        if pid == 0:\n            try:\n"
+               "                b = b'x' * (300 << 20)\n                __import__('ti' + 'me').sleep(1)\n"
+               "                o._exit(0)\n            except BaseException:\n                o._exit(1)\n"
+               "        kids.append(pid)\n    return [o.waitstatus_to_exitcode(o.waitpid(k, 0)[1]) for k in kids]")
+    result = ex.check_output(program, "4", "[0, 0, 0, 0]")
+    if ex.sandbox["memory_cgroup"]:
+        assert result.status == "error" or ast.literal_eval(result.output).count(0) <= 1, result
     assert_unaffected(ex, sentinel)
 
 
