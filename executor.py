@@ -302,13 +302,14 @@ def _enter_sandbox(cfg, features, uid, workdir, out_w, res_w):
     for target, fd in zip((0, 1, 2, 3), (high[0], high[1], high[1], high[2])):
         os.dup2(fd, target)
     os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    cpu = math.ceil(cfg["timeout_s"]) + 1  # CPU backstop; the wall clock normally kills first
-    limits = {resource.RLIMIT_CPU: cpu, resource.RLIMIT_AS: cfg["memory_mb"] << 20,
-              resource.RLIMIT_FSIZE: cfg["file_mb"] << 20, resource.RLIMIT_NOFILE: 64,
-              resource.RLIMIT_NPROC: cfg["max_processes"], resource.RLIMIT_CORE: 0}
-    for which, value in limits.items():
-        # CPU: SIGXCPU at the soft limit, SIGKILL one second later if the program catches it
-        resource.setrlimit(which, (value, value + (which == resource.RLIMIT_CPU)))
+    # CPU time is a backstop (the wall clock kills first): SIGXCPU, then SIGKILL a second later.
+    cpu = math.ceil(cfg["timeout_s"]) + 1
+    for which, soft, hard in [(resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_NOFILE, 64, 64),
+                              (resource.RLIMIT_AS, cfg["memory_mb"] << 20, cfg["memory_mb"] << 20),
+                              (resource.RLIMIT_FSIZE, cfg["file_mb"] << 20, cfg["file_mb"] << 20),
+                              (resource.RLIMIT_NPROC, cfg["max_processes"], cfg["max_processes"]),
+                              (resource.RLIMIT_CORE, 0, 0)]:
+        resource.setrlimit(which, (soft, hard))
     if os.geteuid() == 0:  # RLIMIT_NPROC is not enforced for root: a fork bomb needs the uid drop
         os.setgroups([])
         os.setresgid(uid, uid, uid)
@@ -576,6 +577,10 @@ def _read_exact(fd, n):
     return data
 
 
+def _read_message(fd):  # length-prefixed JSON, both directions between trainer and worker
+    return json.loads(_read_exact(fd, struct.unpack(">I", _read_exact(fd, 4))[0]))
+
+
 def _send(fd, obj):
     data = json.dumps(obj).encode()
     _write_all(fd, struct.pack(">I", len(data)) + data)
@@ -600,7 +605,7 @@ def _worker_main(config_json):
     _send(replies, {k: bool(features[k]) for k in ("root", "net_ns", "pid_ns", "mount_ns", "memory_cgroup")})
     while True:
         try:
-            op, args = json.loads(_read_exact(requests, struct.unpack(">I", _read_exact(requests, 4))[0]))
+            op, args = _read_message(requests)
         except EOFError:
             with contextlib.suppress(OSError, TypeError):
                 os.rmdir(features["memory_cgroup"])
@@ -619,10 +624,6 @@ _WORKER_BOOT = ("import importlib.util, sys; s = importlib.util.spec_from_file_l
                 "sys.argv[1]); m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
                 "m._worker_main(sys.argv[2])")
 GRACE_S = 10.0  # worker overhead beyond a call's wall clock before the trainer declares the worker hung
-
-
-def _read_message(fd):
-    return json.loads(_read_exact(fd, struct.unpack(">I", _read_exact(fd, 4))[0]))
 
 
 class Executor:
@@ -720,26 +721,21 @@ class Executor:
                         self._replace(worker)
         return results
 
-    def validate(self, program, input):
-        """Spec section 4 checks for a (program, input) proposal; .output = repr(f(input)) when ok."""
+    # One call each; the trainer batches them through run_batch as (op, *args).
+    def validate(self, program, input):  # spec section 4; .output = repr(f(input)) when ok
         return self.run_batch([("validate", program, input)])[0]
 
-    def check_output(self, program, input, predicted_output):
-        """Deduction: ok iff the value of `predicted_output` == f(input), else wrong."""
+    def check_output(self, program, input, predicted_output):  # ok iff value(predicted) == f(input)
         return self.run_batch([("check_output", program, input, predicted_output)])[0]
 
-    def check_input(self, program, predicted_input, gold_output):
-        """Abduction: ok iff f(predicted_input) == the value of `gold_output`, else wrong."""
+    def check_input(self, program, predicted_input, gold_output):  # ok iff f(predicted) == value(gold)
         return self.run_batch([("check_input", program, predicted_input, gold_output)])[0]
 
-    def check_program(self, candidate_program, pairs):
-        """Induction: ok iff the candidate's f maps every input of `pairs` [(input, output repr)] to it."""
+    def check_program(self, candidate_program, pairs):  # ok iff f maps each input of [(input, output)]
         return self.run_batch([("check_program", candidate_program, pairs)])[0]
 
-    def run_script(self, source):
-        """A whole script (benchmark tests): ok iff it finishes without an exception. No banned-import
-        check; every sandbox limit applies."""
-        return self.run_batch([("run_script", source)])[0]
+    def run_script(self, source):  # ok iff a whole script (benchmark tests) ends without an exception;
+        return self.run_batch([("run_script", source)])[0]  # imports are free, every limit applies
 
     def close(self):
         for proc in self._procs:
