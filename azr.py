@@ -425,8 +425,12 @@ def policy_update(model, logprob_module, optimizer, rollouts, cfg, world, device
     advantages = trr_advantages([r for r, _, _ in everything], [g for _, g, _ in everything])
     advantages = advantages[offset:offset + len(rollouts)]
     num_tokens = max(1, sum(n for _, _, n in everything))
+    # A rollout with zero advantage (e.g. its whole group was malformed: std 0) adds exactly nothing
+    # to the gradient, so it is not run at all; it still counts in num_tokens, as L requires.
+    active = [i for i in range(len(rollouts)) if advantages[i] != 0]
     optimizer.zero_grad(set_to_none=True)
-    accumulate_gradients(logprob_module, rollouts, advantages, num_tokens, world, cfg, device)
+    accumulate_gradients(logprob_module, [rollouts[i] for i in active], advantages[active], num_tokens, world,
+                         cfg, device)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
     return float(grad_norm)
