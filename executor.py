@@ -334,6 +334,8 @@ def _unhide_python():
         parts = path.strip("/").split("/")
         for depth in range(1, len(parts)):
             parent = "/" + "/".join(parts[:depth])
+            if not os.path.isdir(parent):
+                break
             if not os.stat(parent).st_mode & 0o001:
                 blocked.setdefault(parent, set()).add(parts[depth])
                 break
