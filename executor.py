@@ -686,7 +686,8 @@ class Executor:
     def run_batch(self, calls):
         """Results for `calls` [(op, *args)], in order, run in parallel across the workers. Never raises
         for bad programs or malformed calls."""
-        results, pending = [None] * len(calls), deque(enumerate(calls))
+        pending = deque(enumerate(calls))
+        results = [None] * len(pending)
         idle, busy = list(range(len(self._procs))), {}  # busy: worker -> (call index, deadline)
         with selectors.DefaultSelector() as selector:
             while pending or busy:
