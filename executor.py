@@ -6,11 +6,18 @@ trainer drives through `Executor.run_batch`.
 
 One call travels: trainer --(length-prefixed JSON over a pipe)--> worker (a long-lived `python -S` that
 imports only the standard library) --fork--> child. The child enters a fresh PID, mount and IPC namespace
-(plus the worker's empty network namespace), mounts private tmpfs over every world-writable directory,
-sets rlimits, drops to an unprivileged uid, and only then runs the program. It sends back repr strings and
-a JSON encoding of the values; whether two values are equal is decided in the worker, so code the model
-wrote never gets to judge its own answer. The worker kills the child at the wall-clock deadline; killing
-the init of a PID namespace kills everything inside it, so nothing outlives a call.
+(plus the worker's empty network namespace) and a memory cgroup, mounts private tmpfs over every
+world-writable directory, sets rlimits, drops to an unprivileged uid, and only then runs the program. It
+sends back repr strings and a JSON encoding of the values; whether two values are equal is decided in the
+worker, so code the model wrote never judges its own answer. The worker kills the child at the wall-clock
+deadline; killing the init of a PID namespace kills everything inside it, so nothing outlives a call.
+Where the OS refuses namespaces or cgroups, the worker falls back to what it may (see `Executor.sandbox`).
+
+Equality (spec: value ==): values made of exact builtin types (None, bool, int, float, complex, str, bytes,
+list, tuple, set, frozenset, dict, Counter, OrderedDict, deque) compare with Python's ==, so 1 == 1.0,
+-0.0 == 0.0, {1, 2} == {2, 1}, Counter(a=1) == {'a': 1}, and nan != nan (a program returning nan fails the
+determinism check). Anything else (dataclasses, Fraction, numpy scalars, defaultdict) compares by its repr
+text, normalized through ast.unparse where it parses.
 """
 import ast
 import contextlib
