@@ -404,28 +404,22 @@ def _probe(cfg):
 
 def _kill_uid(uid):
     """Without a PID namespace: SIGKILL every process of `uid` (kill(-1) from a helper with that uid, which
-    forks cannot outrun) until none runs (zombies aside), so the next call gets its whole RLIMIT_NPROC."""
-    def alive():  # /proc/<pid> of a process that changed uid is owned by root: read its status instead
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            with contextlib.suppress(OSError, KeyError, ValueError):  # OSError: it exited while we looked
-                with open(f"/proc/{pid}/status") as fh:
-                    status = dict(line.split(":", 1) for line in fh.read().splitlines() if ":" in line)
-                if int(status["Uid"].split()[0]) == uid and status["State"].split()[0] != "Z":
-                    return True
-        return False
-
+    forks cannot outrun) and reap them, until the worker has no children left: as subreaper it inherits
+    every orphan, so that means everything the program started is gone and its RLIMIT_NPROC is free."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        pid = os.fork()
-        if pid == 0:
+        helper = os.fork()
+        if helper == 0:
             with contextlib.suppress(BaseException):
                 os.setresuid(uid, uid, uid)
                 os.kill(-1, signal.SIGKILL)
             os._exit(0)
-        os.waitpid(pid, 0)
-        if not alive():
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+            time.sleep(0.005)
+        except ChildProcessError:
             return
-        time.sleep(0.005)
 
 
 def _child_main(job, cfg, features, uid, workdir, out_w, res_w):
@@ -490,12 +484,11 @@ def _sandboxed(job, cfg, features):
     finally:
         if pid > 0:
             os.kill(pid, signal.SIGKILL)  # the init of its PID namespace: takes everything inside along
-            if not features["pid_ns"]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
-                if features["root"]:  # and whatever left the process group (setsid, double fork)
-                    _kill_uid(uid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
             status = os.waitpid(pid, 0)[1]
+            if not features["pid_ns"] and features["root"]:  # and what left the group (setsid, double fork)
+                _kill_uid(uid)
             with contextlib.suppress(ChildProcessError):  # orphans we inherited as subreaper count
                 while os.waitpid(-1, os.WNOHANG)[0]:  # against RLIMIT_NPROC until reaped
                     pass
