@@ -442,7 +442,7 @@ def _sample(logits, temperature, top_p, generator):
     torch.multinomial (argmax over tokens of p / Exp(1) noise is a draw from p)."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = (logits / temperature).softmax(-1)
+    probs = (logits if temperature == 1.0 else logits / temperature).softmax(-1)
     if top_p < 1.0:
         # Nucleus: keep the most likely tokens until their mass reaches top_p (the first always stays).
         sorted_probs, order = probs.sort(-1, descending=True)
