@@ -206,6 +206,24 @@ class Sampler:
         return results
 
 
+class TimedExecutor:
+    """The executor behind a progress bar and a clock; buffers.py scores through its run_batch."""
+
+    def __init__(self, executor, chunk):
+        self.executor, self.chunk = executor, chunk
+        self.seconds = 0.0
+
+    def run_batch(self, calls):
+        start = time.time()
+        results = []
+        with tqdm(total=len(calls), desc="execute", unit="prog", leave=False) as bar:
+            for i in range(0, len(calls), self.chunk):
+                results += self.executor.run_batch(calls[i:i + self.chunk])
+                bar.update(len(calls[i:i + self.chunk]))
+        self.seconds += time.time() - start
+        return results
+
+
 def sampling_seed(cfg, step, rank, phase):
     """Different on every rank and phase, reproducible from (run seed, step)."""
     return random.Random(f"{cfg.seed}-{step}-{rank}-{phase}").getrandbits(48)
@@ -586,45 +604,55 @@ def train(cfg, sample_fn=generate):
         optimizer = torch.optim.AdamW(model.parameters(), **adamw)
     start_step = load_checkpoint(cfg.out, model, optimizer, device) if cfg.resume else 0
 
-    executor = Executor(workers=cfg.exec_workers or None, timeout_s=cfg.exec_timeout_s,
-                        memory_mb=cfg.exec_memory_mb, banned_modules=BANNED_MODULES,
-                        max_output_chars=cfg.max_output_chars)
-    sampler = Sampler(model, tokenizer, cfg, device, sample_fn)
-    buffer_map = open_buffers(cfg, rank)
-    seeds_dir = os.path.join(cfg.out, "seeds")
-    if not os.path.isdir(seeds_dir):
-        seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log)
-        if rank == 0:
-            os.makedirs(seeds_dir + ".tmp", exist_ok=True)
-            for task_type in TASK_TYPES:
-                shutil.copyfile(buffer_map[task_type].path, os.path.join(seeds_dir + ".tmp", f"{task_type}.jsonl"))
-            os.replace(seeds_dir + ".tmp", seeds_dir)
-
-    for step in range(start_step, cfg.steps):
-        started, sampler.tokens, sampler.seconds = time.time(), 0, 0.0
-        rollouts, samples = collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world)
-        rollout_seconds = time.time() - started
-        update_started = time.time()
-        grad_norm = policy_update(model, logprob_module, optimizer, rollouts, cfg, world, device)
-        update_seconds = time.time() - update_started
-        summaries = [s for rank_summaries in all_gather([r.summary() for r in rollouts]) for s in rank_summaries]
-        timing = all_gather((sampler.tokens, sampler.seconds))
-        if rank == 0:
-            metrics = {"step": step + 1, **group_metrics(summaries), "grad_norm": grad_norm,
-                       **{f"buffer/{t}": len(buffer_map[t]) for t in TASK_TYPES},
-                       "tokens_per_s": sum(t for t, _ in timing) / max(1e-9, max(s for _, s in timing)),
-                       "time/sampling": sampler.seconds, "time/execution": rollout_seconds - sampler.seconds,
-                       "time/update": update_seconds}
-            write_json_line(os.path.join(cfg.out, "metrics.jsonl"), metrics)
-            for sample in samples:
-                write_json_line(os.path.join(cfg.out, "samples.jsonl"), sample)
-            log(step_summary(metrics, cfg.steps))
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(cfg.out, model, optimizer, step + 1, rank)
-    executor.close()
+    workers = cfg.exec_workers or len(os.sched_getaffinity(0))
+    with Executor(workers=workers, timeout_s=cfg.exec_timeout_s, memory_mb=cfg.exec_memory_mb,
+                  banned_modules=BANNED_MODULES, max_output_chars=cfg.max_output_chars) as pool:
+        executor = TimedExecutor(pool, chunk=8 * workers)
+        sampler = Sampler(model, tokenizer, cfg, device, sample_fn)
+        buffer_map = open_buffers(cfg, rank)
+        if not os.path.isdir(os.path.join(cfg.out, "seeds")):
+            seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log)
+            if rank == 0:
+                save_seeds(cfg.out, buffer_map)
+        for step in range(start_step, cfg.steps):
+            self_play_step(step, model, logprob_module, optimizer, buffer_map, executor, sampler, cfg, rank, world,
+                           device, log)
     if dist.is_initialized():
         dist.barrier()
     return model, buffer_map
+
+
+def save_seeds(run_dir, buffer_map):
+    """Copy the seeded buffers to run_dir/seeds (atomically) for --resume and --seed-from."""
+    seeds_dir = os.path.join(run_dir, "seeds")
+    os.makedirs(seeds_dir + ".tmp", exist_ok=True)
+    for task_type in TASK_TYPES:
+        shutil.copyfile(buffer_map[task_type].path, os.path.join(seeds_dir + ".tmp", f"{task_type}.jsonl"))
+    os.replace(seeds_dir + ".tmp", seeds_dir)
+
+
+def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor, sampler, cfg, rank, world, device,
+                   log):
+    """One training step: rollouts of all six groups, one update, then metrics, samples, checkpoint."""
+    sampler.tokens, sampler.seconds, executor.seconds = 0, 0.0, 0.0
+    rollouts, samples = collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world)
+    update_started = time.time()
+    grad_norm = policy_update(model, logprob_module, optimizer, rollouts, cfg, world, device)
+    update_seconds = time.time() - update_started
+    summaries = [s for rank_summaries in all_gather([r.summary() for r in rollouts]) for s in rank_summaries]
+    timing = all_gather((sampler.tokens, sampler.seconds))
+    if rank == 0:
+        metrics = {"step": step + 1, **group_metrics(summaries), "grad_norm": grad_norm,
+                   **{f"buffer/{t}": len(buffer_map[t]) for t in TASK_TYPES},
+                   "tokens_per_s": sum(t for t, _ in timing) / max(1e-9, max(s for _, s in timing)),
+                   "time/sampling": sampler.seconds, "time/execution": executor.seconds,
+                   "time/update": update_seconds}
+        write_json_line(os.path.join(cfg.out, "metrics.jsonl"), metrics)
+        for sample in samples:
+            write_json_line(os.path.join(cfg.out, "samples.jsonl"), sample)
+        log(step_summary(metrics, cfg.steps))
+    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        save_checkpoint(cfg.out, model, optimizer, step + 1, rank)
 
 
 def step_summary(metrics, steps):
