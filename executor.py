@@ -25,6 +25,7 @@ import ctypes
 import fcntl
 import json
 import math
+import operator
 import os
 import resource
 import select
@@ -59,12 +60,13 @@ class Result:
 # ----------------------------------------------------------------------------------------------------
 # Static checks and values, done in the worker: parse model text, never run it.
 
-# Constructors and names a model-written value may use; they cover the reprs of the builtin containers,
-# collections' Counter/OrderedDict/deque and float('inf')/nan. Solver-written inputs may also call the
-# program's own classes.
+# Constructors and names a model-written value may use: enough for the reprs of the builtin containers,
+# Counter/OrderedDict/deque and float('inf')/nan. Solver-written inputs may also call the program's classes.
 SAFE_CALLS = {"set": set, "frozenset": frozenset, "Counter": Counter, "OrderedDict": OrderedDict,
               "deque": deque, "float": float, "complex": complex, "dict": dict, "list": list, "tuple": tuple}
 SAFE_NAMES = {"inf": math.inf, "nan": math.nan}
+NUMBER = (int, float, complex)
+SIGNS = {ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Add: operator.add, ast.Sub: operator.sub}
 
 
 def _short(text, limit=300):
@@ -125,22 +127,15 @@ def _is_data(node, classes):
     return all(child is not None and _is_data(child, classes) for child in children)
 
 
-def _normalize(text):
-    """Canonical spelling of an expression (spacing, quotes), or the stripped text if it is not one."""
-    text = text.strip()
-    try:
-        return ast.unparse(ast.parse(text, mode="eval"))
-    except Exception:  # noqa: BLE001 - anything unparsable is compared verbatim
-        return text
-
-
 class Opaque:
     """A value with no safe literal form (a dataclass, Fraction, defaultdict, <object at 0x..>), equal to
     another Opaque iff their normalized repr texts are equal."""
     __slots__ = ("text",)
 
     def __init__(self, text):
-        self.text = _normalize(text)
+        self.text = text.strip()
+        with contextlib.suppress(Exception):  # canonical spelling (spacing, quotes); unparsable stays verbatim
+            self.text = ast.unparse(ast.parse(self.text, mode="eval"))
 
     def __eq__(self, other):
         return isinstance(other, Opaque) and other.text == self.text
@@ -150,9 +145,6 @@ class Opaque:
 
     def __repr__(self):
         return self.text
-
-
-NUMBER = (int, float, complex)
 
 
 def _build(node):
@@ -165,14 +157,10 @@ def _build(node):
             return kind(_build(e) for e in node.elts)
         if isinstance(node, ast.Dict) and None not in node.keys:
             return {_build(k): _build(v) for k, v in zip(node.keys, node.values)}
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            value = _build(node.operand)
-            if type(value) in NUMBER:
-                return -value if isinstance(node.op, ast.USub) else value
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):  # complex: (1+2j)
-            left, right = _build(node.left), _build(node.right)
-            if type(left) in NUMBER and type(right) in NUMBER:
-                return left + right if isinstance(node.op, ast.Add) else left - right
+        if type(getattr(node, "op", None)) in SIGNS:  # -1, +2.5, complex (1+2j)
+            operands = list(map(_build, [node.operand] if isinstance(node, ast.UnaryOp) else [node.left, node.right]))
+            if all(type(v) in NUMBER for v in operands):
+                return SIGNS[type(node.op)](*operands)
         if isinstance(node, ast.Name) and node.id in SAFE_NAMES:
             return SAFE_NAMES[node.id]
         if (isinstance(node, ast.Call) and getattr(node.func, "id", None) in SAFE_CALLS
@@ -191,6 +179,13 @@ def value_of(text):
         return Opaque(text)
 
 
+# Container type -> tag in the child's value encoding; exact types only, so subclasses with a custom __eq__
+# stay Opaque. A dict-like's items travel flattened: [k0, v0, k1, v1, ...]; a deque's maxlen follows them.
+_ENCODED_CONTAINERS = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset", deque: "deque",
+                       dict: "dict", Counter: "Counter", OrderedDict: "OrderedDict"}
+_DECODED_CONTAINERS = {tag: kind for kind, tag in _ENCODED_CONTAINERS.items()}
+
+
 def _decode(enc):
     """Inverse of _encode. Raises on malformed input (it comes from an untrusted child)."""
     tag, *rest = enc
@@ -198,19 +193,12 @@ def _decode(enc):
              "bytes": bytes.fromhex, "complex": lambda re, im: complex(float(re), float(im))}
     if tag in atoms:
         return atoms[tag](*rest)
-    items = [_decode(e) for e in rest[0]]
-    if tag in ("list", "tuple", "set", "frozenset", "deque"):
-        return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset, "deque": deque}[tag](items, *rest[1:])
-    pairs = zip(items[::2], items[1::2])
-    return {"dict": dict, "Counter": lambda p: Counter(dict(p)), "OrderedDict": OrderedDict}[tag](pairs)
+    kind, items = _DECODED_CONTAINERS[tag], [_decode(e) for e in rest[0]]
+    return kind(dict(zip(items[::2], items[1::2]))) if issubclass(kind, dict) else kind(items, *rest[1:])
 
 
 # ----------------------------------------------------------------------------------------------------
 # The child: runs inside the sandbox. Everything model-written executes here and nowhere else.
-
-# What Python calls these types -> our tag; exact types only, so subclasses with custom __eq__ stay Opaque.
-_ENCODED_CONTAINERS = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset", deque: "deque",
-                       dict: "dict", Counter: "Counter", OrderedDict: "OrderedDict"}
 
 
 def _encode(value, active):
