@@ -260,8 +260,7 @@ PRELOADED = ("heapq", "bisect", "itertools", "functools", "operator", "re", "str
              "fractions", "decimal", "statistics", "copy", "typing", "enum", "numbers", "array",
              "textwrap", "unicodedata", "struct", "json", "dataclasses", "collections.abc")
 SETUP_FAILED = 113  # child exit code: the sandbox could not be entered, no user code ran
-MAX_REPLY_BYTES = 8 << 20
-KEPT_OUTPUT_BYTES = 2000
+MAX_REPLY_BYTES, KEPT_OUTPUT_BYTES = 8 << 20, 2000  # a child's reply; what is kept of its stdout/stderr
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -285,10 +284,8 @@ def _enter_sandbox(cfg, features, uid, workdir, out_w, res_w):
     if features["mount_ns"]:
         _sys("unshare", CLONE_NEWNS | CLONE_NEWIPC)
         _mount(None, "/", None, MS_REC | MS_PRIVATE)  # our mounts must not propagate to the host
-        for d in SCRATCH_DIRS:
-            if os.path.isdir(d) and not os.path.islink(d):
-                _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV,
-                       f"size={cfg['file_mb']}m,nr_inodes=4096,mode=1777")
+        for d in [d for d in SCRATCH_DIRS if os.path.isdir(d) and not os.path.islink(d)]:
+            _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['file_mb']}m,nr_inodes=4096,mode=1777")
         if features["pid_ns"]:  # a /proc that shows only this namespace's processes
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.chdir(workdir)
@@ -299,12 +296,11 @@ def _enter_sandbox(cfg, features, uid, workdir, out_w, res_w):
     os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     # CPU time is a backstop (the wall clock kills first): SIGXCPU, then SIGKILL a second later.
     cpu = math.ceil(cfg["timeout_s"]) + 1
-    for which, soft, hard in [(resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_NOFILE, 64, 64),
-                              (resource.RLIMIT_AS, cfg["memory_mb"] << 20, cfg["memory_mb"] << 20),
-                              (resource.RLIMIT_FSIZE, cfg["file_mb"] << 20, cfg["file_mb"] << 20),
-                              (resource.RLIMIT_NPROC, cfg["max_processes"], cfg["max_processes"]),
-                              (resource.RLIMIT_CORE, 0, 0)]:
-        resource.setrlimit(which, (soft, hard))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    for which, limit in [(resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_AS, cfg["memory_mb"] << 20),
+                         (resource.RLIMIT_FSIZE, cfg["file_mb"] << 20), (resource.RLIMIT_NPROC, cfg["max_processes"]),
+                         (resource.RLIMIT_CORE, 0)]:
+        resource.setrlimit(which, (limit, limit))
     if os.geteuid() == 0:  # RLIMIT_NPROC is not enforced for root: a fork bomb needs the uid drop
         os.setgroups([])
         os.setresgid(uid, uid, uid)
@@ -349,12 +345,11 @@ def _memory_cgroup(memory_mb):
     that. Path, or None where not permitted."""
     with open("/proc/self/cgroup") as fh:
         entries = [line.rstrip("\n").split(":", 2) for line in fh]
-    for _, controllers, relative in sorted(entries, key=lambda e: e[1] == ""):  # v1 memory first
-        if controllers and "memory" not in controllers.split(","):
-            continue
-        base, limit = ("/sys/fs/cgroup", "memory.max") if not controllers else ("/sys/fs/cgroup/memory",
-                                                                             "memory.limit_in_bytes")
-        parent = f"{base}{relative.rstrip('/')}"
+    candidates = [(f"/sys/fs/cgroup/memory{rel.rstrip('/')}", "memory.limit_in_bytes")  # v1 memory first
+                  for _, controllers, rel in entries if "memory" in controllers.split(",")]
+    candidates += [(f"/sys/fs/cgroup{rel.rstrip('/')}", "memory.max")  # then v2
+                   for _, controllers, rel in entries if not controllers]
+    for parent, limit in candidates:
         path = f"{parent}/azr-executor-{os.getpid()}"
         with contextlib.suppress(OSError):
             for stale in os.listdir(parent):  # left by killed workers
@@ -368,17 +363,16 @@ def _memory_cgroup(memory_mb):
                 return path
         with contextlib.suppress(OSError):
             os.rmdir(path)
-    return None
 
 
 def _probe(cfg):
     """Which isolation features this OS grants the worker; a test child proves the full setup works."""
     features = {"root": os.geteuid() == 0, "net_ns": False, "pid_ns": False, "mount_ns": False,
-                "memory_cgroup": _memory_cgroup(cfg["memory_mb"]) if cfg["namespaces"] else None}
+                "memory_cgroup": _memory_cgroup(cfg["memory_mb"]) if cfg["namespaces"] else None,
+                "pidns_fd": os.open("/proc/self/ns/pid", os.O_RDONLY)}
     steps = [("unhide", _unhide_python),  # without it, only preloaded or world-readable modules import
              ("net_ns", lambda: _sys("unshare", CLONE_NEWNET)),  # worker and children: loopback only, down
              ("pid_ns", lambda: _sys("unshare", CLONE_NEWPID))]
-    features["pidns_fd"] = os.open("/proc/self/ns/pid", os.O_RDONLY)
     for name, step in steps if cfg["namespaces"] else []:
         with contextlib.suppress(OSError):
             step()
@@ -396,8 +390,7 @@ def _kill_uid(uid):
     every orphan, so that means everything the program started is gone and its RLIMIT_NPROC is free."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        helper = os.fork()
-        if helper == 0:
+        if os.fork() == 0:
             with contextlib.suppress(BaseException):
                 os.setresuid(uid, uid, uid)
                 os.kill(-1, signal.SIGKILL)
@@ -405,9 +398,9 @@ def _kill_uid(uid):
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
-            time.sleep(0.005)
         except ChildProcessError:
             return
+        time.sleep(0.005)
 
 
 def _child_main(job, cfg, features, uid, workdir, out_w, res_w):
@@ -455,10 +448,8 @@ def _sandboxed(job, cfg, features):
         deadline, pidfd = time.monotonic() + cfg["timeout_s"], os.pidfd_open(pid)
         open_fds = [pidfd, res_r, out_r]
         while pidfd in open_fds and len(reply) <= MAX_REPLY_BYTES:
-            remaining = deadline - time.monotonic()
-            ready = select.select(open_fds, [], [], remaining)[0] if remaining > 0 else []
-            timed_out = not ready
-            if timed_out:
+            ready = select.select(open_fds, [], [], max(deadline - time.monotonic(), 0))[0]
+            if timed_out := not ready:
                 break
             for fd in ready:
                 chunk = os.read(fd, 1 << 16) if fd != pidfd else b""
@@ -514,8 +505,7 @@ def _handle(op, args, cfg, features):
     if err or (op != "run_script" and not any(isinstance(n, ast.FunctionDef) and n.name == "f" for n in tree.body)):
         return err or {"status": "syntax", "message": "program defines no top-level function f"}
     if op == "check_program":
-        if not args[1] or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
-                                  for p in args[1]):
+        if not args[1] or not all(isinstance(p, list) and list(map(type, p)) == [str, str] for p in args[1]):
             return {"status": "error", "message": "check_program needs a non-empty list of (input, output)"}
         inputs, expected = [i for i, _ in args[1]], [value_of(o) for _, o in args[1]]
     else:
@@ -532,8 +522,7 @@ def _handle(op, args, cfg, features):
     job = {"op": op, "program": args[0], "max_output_chars": cfg["max_output_chars"], "inputs": inputs}
     reply = _sandboxed(job, cfg, features)
     if reply["status"] != "ok" or op in ("validate", "run_script"):
-        return {"status": reply["status"], "output": str(reply.get("output", "")),
-                "message": str(reply.get("message", ""))}
+        return {"status": reply["status"], **{k: str(reply.get(k, "")) for k in ("output", "message")}}
     try:
         got = [(str(text), _decode(enc)) for text, enc in reply["values"]]
         assert len(got) == len(expected)
@@ -541,10 +530,9 @@ def _handle(op, args, cfg, features):
         return {"status": "error", "message": "malformed reply from the sandbox"}
     output = got[0][0] if op != "check_program" else ""
     for i, ((text, value), want) in enumerate(zip(got, expected)):
-        try:  # both sides are builtin values or Opaque: no model-written __eq__ runs here
+        equal = False  # both sides are builtin values or Opaque: no model-written __eq__ runs here
+        with contextlib.suppress(RecursionError):
             equal = bool(value == want)
-        except RecursionError:
-            equal = False
         if not equal:
             where = f"pair {i}: " if op == "check_program" else ""
             return {"status": "wrong", "output": output, "message": _short(f"{where}expected {want!r}, got {text}")}
@@ -587,8 +575,8 @@ def _worker_main(config_json):
     sys.setrecursionlimit(10_000)  # decoding deeply nested values
     requests, replies = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)  # stray prints must not corrupt the protocol
-    os.dup2(null, 0)
-    os.dup2(null, 1)
+    for fd in (0, 1):
+        os.dup2(null, fd)
     for name in PRELOADED:
         __import__(name)
     features = _probe(cfg)
@@ -682,9 +670,7 @@ class Executor:
                 while pending and idle:
                     worker, (i, call) = idle.pop(), pending.popleft()
                     try:
-                        request = [call[0], [list(map(list, a)) if isinstance(a, (list, tuple)) else a
-                                             for a in call[1:]]]
-                        _send(self._procs[worker].stdin.fileno(), request)
+                        _send(self._procs[worker].stdin.fileno(), [call[0], call[1:]])  # the worker checks types
                     except (TypeError, IndexError, ValueError) as e:
                         results[i] = Result("error", message=f"malformed call: {e!r}")
                     except OSError:  # the worker died while idle: replace it and retry the call
