@@ -127,21 +127,16 @@ def _is_data(node, classes):
     return all(child is not None and _is_data(child, classes) for child in children)
 
 
+@dataclass(init=False, repr=False, unsafe_hash=True)  # == and hash compare .text
 class Opaque:
     """A value with no safe literal form (a dataclass, Fraction, defaultdict, <object at 0x..>), equal to
     another Opaque iff their normalized repr texts are equal."""
-    __slots__ = ("text",)
+    text: str
 
     def __init__(self, text):
         self.text = text.strip()
         with contextlib.suppress(Exception):  # canonical spelling (spacing, quotes); unparsable stays verbatim
             self.text = ast.unparse(ast.parse(self.text, mode="eval"))
-
-    def __eq__(self, other):
-        return isinstance(other, Opaque) and other.text == self.text
-
-    def __hash__(self):
-        return hash(self.text)
 
     def __repr__(self):
         return self.text
@@ -201,8 +196,9 @@ def _decode(enc):
 # The child: runs inside the sandbox. Everything model-written executes here and nowhere else.
 
 
-def _encode(value, active):
-    """JSON-able tree for builtin values; ["opaque", repr] for anything else. `active`: ids on the stack."""
+def _encode(value):
+    """JSON-able tree for builtin values; ["opaque", repr] for anything else. A cyclic value recurses until
+    RecursionError, and the caller sends its repr as opaque."""
     kind = type(value)
     if value is None or kind in (bool, str):
         return ["None"] if value is None else [kind.__name__, value]
@@ -212,12 +208,8 @@ def _encode(value, active):
         return ["complex", repr(value.real), repr(value.imag)]
     if kind not in _ENCODED_CONTAINERS:
         return ["opaque", repr(value)]
-    if id(value) in active:
-        raise ValueError("cyclic value")
-    active.add(id(value))
     items = value.items() if isinstance(value, dict) else [(v,) for v in value]
-    enc = [_ENCODED_CONTAINERS[kind], [_encode(x, active) for item in items for x in item]]
-    active.discard(id(value))
+    enc = [_ENCODED_CONTAINERS[kind], [_encode(x) for item in items for x in item]]
     return enc + [value.maxlen] if kind is deque else enc
 
 
@@ -241,7 +233,7 @@ def _child_run(job):
         if len(text) > limit:  # spec section 4 check 4
             return {"status": "too_long", "message": f"repr has {len(text)} > {limit} chars"}
         try:
-            values.append([text, _encode(value, set())])
+            values.append([text, _encode(value)])
         except (ValueError, RecursionError):
             values.append([text, ["opaque", text]])
     return {"status": "ok", "output": values[0][0], "values": values}
@@ -681,21 +673,20 @@ class Executor:
                         selector.register(self._procs[worker].stdout.fileno(), selectors.EVENT_READ, worker)
                         continue
                     idle.append(worker)
-                wait = min(deadline for _, deadline in busy.values()) - time.monotonic()
+                wait = min((deadline for _, deadline in busy.values()), default=0) - time.monotonic()
                 ready = [key.data for key, _ in selector.select(max(wait, 0))]
                 for worker in [w for w in busy if w in ready or time.monotonic() > busy[w][1]]:
                     i, _ = busy.pop(worker)
                     selector.unregister(self._procs[worker].stdout.fileno())
                     idle.append(worker)
-                    if worker not in ready:
-                        results[i] = Result("timeout", message="sandbox worker did not answer")
-                        self._replace(worker)
-                        continue
-                    try:
-                        results[i] = Result(**_read_message(self._procs[worker].stdout.fileno()))
-                    except (EOFError, OSError, ValueError, TypeError):
+                    if worker in ready:  # an answer, unless the worker crashed
+                        with contextlib.suppress(EOFError, OSError, ValueError, TypeError):
+                            results[i] = Result(**_read_message(self._procs[worker].stdout.fileno()))
+                            continue
                         results[i] = Result("error", message="sandbox worker crashed")
-                        self._replace(worker)
+                    else:
+                        results[i] = Result("timeout", message="sandbox worker did not answer")
+                    self._replace(worker)
         return results
 
     # One call each; the trainer batches them through run_batch as (op, *args).
