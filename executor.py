@@ -1,23 +1,21 @@
-"""Run untrusted, model-written Python safely and fast (spec sections 4 and 7).
+"""Run untrusted, model-written Python safely and fast (spec sections 4 and 7): the banned-module list, the
+static checks of a proposal, the sandbox every program runs in, value equality between model-written outputs
+and real ones, and the pool of warm fork-server workers that the trainer drives through `Executor.run_batch`.
 
-Owns the banned-module list, the static checks of a proposal, the sandbox every program runs in, value
-equality between model-written outputs and real ones, and the pool of warm fork-server workers that the
-trainer drives through `Executor.run_batch`.
+One call travels: trainer --(length-prefixed JSON over a pipe)--> worker (a long-lived `python -S` that imports
+only the standard library) --fork--> child. The child enters a fresh PID, mount and IPC namespace (plus the
+worker's empty network namespace) and a memory cgroup, mounts private tmpfs over every world-writable
+directory, sets rlimits, drops to an unprivileged uid, and only then runs the program. It sends back repr
+strings and a JSON encoding of the values; whether two values are equal is decided in the worker, so code the
+model wrote never judges its own answer. The worker kills the child at the wall-clock deadline; killing the
+init of a PID namespace kills everything inside it, so nothing outlives a call. Where the OS refuses
+namespaces or cgroups, the worker falls back to what it may (see `Executor.sandbox`).
 
-One call travels: trainer --(length-prefixed JSON over a pipe)--> worker (a long-lived `python -S` that
-imports only the standard library) --fork--> child. The child enters a fresh PID, mount and IPC namespace
-(plus the worker's empty network namespace) and a memory cgroup, mounts private tmpfs over every
-world-writable directory, sets rlimits, drops to an unprivileged uid, and only then runs the program. It
-sends back repr strings and a JSON encoding of the values; whether two values are equal is decided in the
-worker, so code the model wrote never judges its own answer. The worker kills the child at the wall-clock
-deadline; killing the init of a PID namespace kills everything inside it, so nothing outlives a call.
-Where the OS refuses namespaces or cgroups, the worker falls back to what it may (see `Executor.sandbox`).
-
-Equality (spec: value ==): values made of exact builtin types (None, bool, int, float, complex, str, bytes,
-list, tuple, set, frozenset, dict, Counter, OrderedDict, deque) compare with Python's ==, so 1 == 1.0,
--0.0 == 0.0, {1, 2} == {2, 1}, Counter(a=1) == {'a': 1}, and nan != nan (a program returning nan fails the
-determinism check). Anything else (dataclasses, Fraction, numpy scalars, defaultdict) compares by its repr
-text, normalized through ast.unparse where it parses.
+Equality (spec: value ==): values made of exact builtin types (None, bool, int, float, complex, str, bytes, list,
+tuple, set, frozenset, dict, Counter, OrderedDict, deque) compare with Python's ==, so 1 == 1.0, -0.0 == 0.0,
+{1, 2} == {2, 1}, Counter(a=1) == {'a': 1}, and nan != nan (a program returning nan fails the determinism
+check). Anything else (dataclasses, Fraction, numpy scalars, defaultdict) compares by its repr text, normalized
+through ast.unparse where it parses.
 """
 import ast
 import contextlib
@@ -127,10 +125,9 @@ def _is_data(node, classes):
     return all(child is not None and _is_data(child, classes) for child in children)
 
 
-@dataclass(init=False, repr=False, unsafe_hash=True)  # == and hash compare .text
+@dataclass(init=False, repr=False, unsafe_hash=True)  # == and hash compare the normalized .text
 class Opaque:
-    """A value with no safe literal form (a dataclass, Fraction, defaultdict, <object at 0x..>), equal to
-    another Opaque iff their normalized repr texts are equal."""
+    """A value with no safe literal form (a dataclass, Fraction, defaultdict, <object at 0x..>): its repr text."""
     text: str
 
     def __init__(self, text):
@@ -195,10 +192,8 @@ def _decode(enc):
 # ----------------------------------------------------------------------------------------------------
 # The child: runs inside the sandbox. Everything model-written executes here and nowhere else.
 
-
 def _encode(value):
-    """JSON-able tree for builtin values; ["opaque", repr] for anything else. A cyclic value recurses until
-    RecursionError, and the caller sends its repr as opaque."""
+    """JSON-able tree for builtin values; ["opaque", repr] for anything else (a cycle ends in RecursionError)."""
     kind = type(value)
     if value is None or kind in (bool, str):
         return ["None"] if value is None else [kind.__name__, value]
@@ -376,21 +371,24 @@ def _probe(cfg):
     raise RuntimeError(f"cannot start a sandbox: {reply['message']}")
 
 
-def _kill_uid(uid):
-    """Without a PID namespace: SIGKILL every process of `uid` (kill(-1) from a helper with that uid, which
-    forks cannot outrun) and reap them, until the worker has no children left: as subreaper it inherits
-    every orphan, so that means everything the program started is gone and its RLIMIT_NPROC is free."""
+def _reap(kill_uid=None):
+    """Reap the orphans the worker inherited as subreaper (they count against RLIMIT_NPROC until reaped).
+    With kill_uid (no PID namespace took them down): first SIGKILL every process of that uid (kill(-1) from a
+    helper with that uid, which forks cannot outrun), and repeat until the worker has no children left, which
+    means everything the program started is gone."""
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if os.fork() == 0:
+    while True:
+        if kill_uid is not None and os.fork() == 0:
             with contextlib.suppress(BaseException):
-                os.setresuid(uid, uid, uid)
+                os.setresuid(kill_uid, kill_uid, kill_uid)
                 os.kill(-1, signal.SIGKILL)
             os._exit(0)
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
         except ChildProcessError:
+            return
+        if kill_uid is None or time.monotonic() > deadline:
             return
         time.sleep(0.005)
 
@@ -458,11 +456,7 @@ def _sandboxed(job, cfg, features):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             status = os.waitpid(pid, 0)[1]
-            if not features["pid_ns"] and features["root"]:  # and what left the group (setsid, double fork)
-                _kill_uid(uid)
-            with contextlib.suppress(ChildProcessError):  # orphans we inherited as subreaper count
-                while os.waitpid(-1, os.WNOHANG)[0]:  # against RLIMIT_NPROC until reaped
-                    pass
+            _reap(uid if features["root"] and not features["pid_ns"] else None)  # what left the group too
             os.set_blocking(res_r, False)  # the rest of the reply; its writers are all dead now
             with contextlib.suppress(BlockingIOError):
                 while len(reply) <= MAX_REPLY_BYTES and (chunk := os.read(res_r, 1 << 16)):
