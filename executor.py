@@ -372,10 +372,9 @@ def _probe(cfg):
 
 
 def _reap(kill_uid=None):
-    """Reap the orphans the worker inherited as subreaper (they count against RLIMIT_NPROC until reaped).
-    With kill_uid (no PID namespace took them down): first SIGKILL every process of that uid (kill(-1) from a
-    helper with that uid, which forks cannot outrun), and repeat until the worker has no children left, which
-    means everything the program started is gone."""
+    """Reap the orphans the worker inherited as subreaper (until reaped they count against RLIMIT_NPROC). With
+    kill_uid (no PID namespace took them down), first SIGKILL every process of that uid (kill(-1) from a helper
+    with that uid: forks cannot outrun it), until the worker has no children left: all the program started."""
     deadline = time.monotonic() + 5
     while True:
         if kill_uid is not None and os.fork() == 0:
@@ -595,12 +594,11 @@ class Executor:
 
     def __init__(self, workers=None, timeout_s=5.0, memory_mb=1024, banned_modules=BANNED_MODULES,
                  max_output_chars=1000, file_mb=16, max_processes=64, sandbox_uid=65534, namespaces=True):
-        """workers: processes (default: usable CPUs); timeout_s: wall clock per call (all its runs of f);
-        memory_mb: address space per program; file_mb: largest file and size of each scratch tmpfs;
-        max_processes: RLIMIT_NPROC per sandbox uid; sandbox_uid: when root, worker i of torchrun's local
-        rank r runs programs as uid sandbox_uid - r * workers - i (one uid per worker on the node, so one
-        worker's cleanup and process limit never touch another's); namespaces=False skips Linux
-        namespaces, as on systems that forbid them."""
+        """workers: processes (default: usable CPUs); timeout_s: wall clock per call (all its runs of f); memory_mb:
+        address space per program; file_mb: largest file and size of each scratch tmpfs; max_processes:
+        RLIMIT_NPROC per sandbox uid; sandbox_uid: when root, worker i of torchrun's local rank r runs programs as
+        uid sandbox_uid - r * workers - i (one uid per worker on the node, so one worker's cleanup and process
+        limit never touch another's); namespaces=False skips Linux namespaces, as on systems that forbid them."""
         self.workers = workers or len(os.sched_getaffinity(0))
         self.timeout_s = timeout_s
         self.sandbox = {}  # the isolation the OS granted: root, net_ns, pid_ns, mount_ns (all bool)
@@ -632,17 +630,14 @@ class Executor:
                 raise EOFError
             self.sandbox = _read_message(proc.stdout.fileno())
         except (EOFError, ValueError):
-            proc.kill()
-            proc.wait()
+            with proc:  # leaving it closes the pipes and reaps the worker
+                proc.kill()
             raise RuntimeError("executor worker failed to start") from None
         return proc
 
     def _replace(self, index):
-        proc = self._procs[index]
-        proc.kill()
-        proc.wait()
-        proc.stdin.close()
-        proc.stdout.close()
+        with self._procs[index] as proc:  # leaving it closes the pipes and reaps the worker
+            proc.kill()
         self._procs[index] = self._spawn(index)
 
     def run_batch(self, calls):
@@ -703,12 +698,10 @@ class Executor:
         for proc in self._procs:
             proc.stdin.close()  # the worker exits at EOF
         for proc in self._procs:
-            try:
-                proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
+            with proc:  # leaving it closes the pipes and reaps the worker
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2)
+                proc.kill()  # a no-op once it has exited
         self._procs = []
 
     def __enter__(self):
