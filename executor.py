@@ -281,8 +281,7 @@ def _enter_sandbox(cfg, features, uid, workdir, out_w, res_w):
     for target, fd in zip((0, 1, 2, 3), (high[0], high[1], high[1], high[2])):
         os.dup2(fd, target)
     os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    # CPU time is a backstop (the wall clock kills first): SIGXCPU, then SIGKILL a second later.
-    cpu = math.ceil(cfg["timeout_s"]) + 1
+    cpu = math.ceil(cfg["timeout_s"]) + 1  # a backstop (the wall clock kills first): SIGXCPU, a second later SIGKILL
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     for which, limit in [(resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_AS, cfg["memory_mb"] << 20),
                          (resource.RLIMIT_FSIZE, cfg["file_mb"] << 20), (resource.RLIMIT_NPROC, cfg["max_processes"]),
@@ -376,20 +375,18 @@ def _reap(kill_uid=None):
     kill_uid (no PID namespace took them down), first SIGKILL every process of that uid (kill(-1) from a helper
     with that uid: forks cannot outrun it), until the worker has no children left: all the program started."""
     deadline = time.monotonic() + 5
-    while True:
-        if kill_uid is not None and os.fork() == 0:
-            with contextlib.suppress(BaseException):
-                os.setresuid(kill_uid, kill_uid, kill_uid)
-                os.kill(-1, signal.SIGKILL)
-            os._exit(0)
-        try:
+    with contextlib.suppress(ChildProcessError):  # raised once the worker has no children left
+        while True:
+            if kill_uid is not None and os.fork() == 0:
+                with contextlib.suppress(BaseException):
+                    os.setresuid(kill_uid, kill_uid, kill_uid)
+                    os.kill(-1, signal.SIGKILL)
+                os._exit(0)
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
-        except ChildProcessError:
-            return
-        if kill_uid is None or time.monotonic() > deadline:
-            return
-        time.sleep(0.005)
+            if kill_uid is None or time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
 
 
 def _child_main(job, cfg, features, uid, workdir, out_w, res_w):
@@ -533,8 +530,7 @@ def _write_all(fd, data):
 def _read_exact(fd, n):
     data = b""
     while len(data) < n:
-        chunk = os.read(fd, n - len(data))
-        if not chunk:
+        if not (chunk := os.read(fd, n - len(data))):
             raise EOFError
         data += chunk
     return data
@@ -583,9 +579,8 @@ def _worker_main(config_json):
 # ----------------------------------------------------------------------------------------------------
 # The trainer side: a pool of workers, a select loop, nothing model-written is ever evaluated here.
 
-_WORKER_BOOT = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('azr_executor', "
-                "sys.argv[1]); m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
-                "m._worker_main(sys.argv[2])")
+_WORKER_BOOT = ("import importlib.util as u, sys; s = u.spec_from_file_location('azr_executor', sys.argv[1]); "
+                "m = u.module_from_spec(s); s.loader.exec_module(m); m._worker_main(sys.argv[2])")
 GRACE_S = 10.0  # worker overhead beyond a call's wall clock before the trainer declares the worker hung
 
 
@@ -605,10 +600,9 @@ class Executor:
         self._config = {"timeout_s": timeout_s, "memory_mb": memory_mb, "banned": list(banned_modules),
                         "max_output_chars": max_output_chars, "file_mb": file_mb, "max_processes": max_processes,
                         "namespaces": namespaces, "sandbox_uid": sandbox_uid, "trainer_pid": os.getpid()}
-        here = os.path.dirname(os.path.abspath(__file__))
+        here = os.path.dirname(os.path.abspath(__file__))  # programs get the trainer's imports minus azr's own
         self._env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                      "PYTHONHASHSEED": "0",  # set and dict-of-str orders, hence reprs, agree across workers
-                     # the trainer's imports minus the repo, so programs can't import azr's modules
                      "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.abspath(p) != here)}
         self._procs = []
         try:
