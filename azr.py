@@ -142,10 +142,6 @@ def all_gather(obj):
     return gathered
 
 
-def my_slice(items, rank, world):
-    return items[rank::world]
-
-
 # ----------------------------------------------------------------------------- sampling
 @dataclass
 class Rollout:
@@ -268,7 +264,7 @@ def proposer_jobs(buffer_map, task_type, count, rng, sampler, num_references):
 
 def propose(jobs_by_type, executor, sampler, seed, rank, world):
     """Sample and validate this rank's slice of the jobs -> {task_type: [(job, response, Proposal)]}."""
-    mine = {task_type: my_slice(jobs, rank, world) for task_type, jobs in jobs_by_type.items()}
+    mine = {task_type: jobs[rank::world] for task_type, jobs in jobs_by_type.items()}
     responses = sample_by_type(sampler, {t: [tokens for _, tokens in jobs] for t, jobs in mine.items()}, 1, seed,
                                "propose")
     proposed = {}
@@ -366,7 +362,7 @@ def collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world):
 
     new_tasks = {t: add_gathered(buffer_map[t], all_gather([p.task for _, _, p in items if p.valid]))
                  for t, items in proposed.items()}
-    jobs = {t: my_slice(solver_jobs(buffer_map[t], new_tasks[t], t, cfg.batch_size, rng, sampler), rank, world)
+    jobs = {t: solver_jobs(buffer_map[t], new_tasks[t], t, cfg.batch_size, rng, sampler)[rank::world]
             for t in TASK_TYPES}
     responses = sample_by_type(sampler, {t: [tokens for _, tokens in j] for t, j in jobs.items()}, 1,
                                sampling_seed(cfg, step, rank, "solve"), "solve")
@@ -535,18 +531,19 @@ def plot_run(run_dir):
 
 
 def prepare_run_dir(cfg):
-    """Create (or check) the run directory before any work; one-line errors."""
+    """Create (or check) the run directory before any work; returns a one-line error or None."""
     if not cfg.out:
         cfg.out = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if not cfg.resume and os.path.exists(os.path.join(cfg.out, "config.json")):
-        sys.exit(f"azr: {cfg.out} already holds a run; pass --resume {cfg.out} or choose another --out")
+        return f"azr: {cfg.out} already holds a run; pass --resume {cfg.out} or choose another --out"
     try:
         os.makedirs(cfg.out, exist_ok=True)
         probe = os.path.join(cfg.out, ".write-test")
         open(probe, "w").close()
         os.remove(probe)
     except OSError as error:
-        sys.exit(f"azr: cannot write to --out {cfg.out}: {error.strerror}")
+        return f"azr: cannot write to --out {cfg.out}: {error.strerror}"
+    return None
 
 
 def open_buffers(cfg, rank):
@@ -581,9 +578,10 @@ def load_buffers(run_dir, writable):
 def train(cfg, sample_fn=generate):
     rank, world, device = setup_distributed(cfg)
     log = print if rank == 0 else (lambda *a, **k: None)
-    if rank == 0:
-        prepare_run_dir(cfg)
-    cfg.out = all_gather(cfg.out)[0]
+    # rank 0 alone picks and checks the run directory; every rank stops on its error
+    cfg.out, error = all_gather((cfg.out, prepare_run_dir(cfg) if rank == 0 else None))[0]
+    if error:
+        sys.exit(error if rank == 0 else 1)
     try:
         model, tokenizer = load_model(cfg.model, device=device, dtype=torch.float32)
     except (FileNotFoundError, ValueError) as error:  # a bad checkpoint: one line, no traceback
