@@ -63,7 +63,6 @@ class Result:
 SAFE_CALLS = {"set": set, "frozenset": frozenset, "Counter": Counter, "OrderedDict": OrderedDict,
               "deque": deque, "float": float, "complex": complex, "dict": dict, "list": list, "tuple": tuple}
 SAFE_NAMES = {"inf": math.inf, "nan": math.nan}
-NUMBER = (int, float, complex)
 SIGNS = {ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Add: operator.add, ast.Sub: operator.sub}
 
 
@@ -151,7 +150,7 @@ def _build(node):
             return {_build(k): _build(v) for k, v in zip(node.keys, node.values)}
         if type(getattr(node, "op", None)) in SIGNS:  # -1, +2.5, complex (1+2j)
             operands = list(map(_build, [node.operand] if isinstance(node, ast.UnaryOp) else [node.left, node.right]))
-            if all(type(v) in NUMBER for v in operands):
+            if all(type(v) in (int, float, complex) for v in operands):
                 return SIGNS[type(node.op)](*operands)
         if isinstance(node, ast.Name) and node.id in SAFE_NAMES:
             return SAFE_NAMES[node.id]
@@ -253,8 +252,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def _sys(name, *args):
     if getattr(_libc, name)(*args) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{name}: {os.strerror(err)}")
+        raise OSError(ctypes.get_errno(), f"{name}: {os.strerror(ctypes.get_errno())}")
 
 
 def _mount(source, target, fstype, flags, data=None):
@@ -585,7 +583,7 @@ GRACE_S = 10.0  # worker overhead beyond a call's wall clock before the trainer 
 
 
 class Executor:
-    """Pool of sandbox workers. Not thread-safe: call it from one thread."""
+    """Pool of sandbox workers: one call per method below, or many through run_batch. Not thread-safe."""
 
     def __init__(self, workers=None, timeout_s=5.0, memory_mb=1024, banned_modules=BANNED_MODULES,
                  max_output_chars=1000, file_mb=16, max_processes=64, sandbox_uid=65534, namespaces=True):
@@ -635,8 +633,7 @@ class Executor:
         self._procs[index] = self._spawn(index)
 
     def run_batch(self, calls):
-        """Results for `calls` [(op, *args)], in order, run in parallel across the workers. Never raises
-        for bad programs or malformed calls."""
+        """Results of `calls` [(op, *args)] in order, run in parallel across the workers; never raises for bad input."""
         pending = deque(enumerate(calls))
         results = [None] * len(pending)
         idle, busy = list(range(len(self._procs))), {}  # busy: worker -> (call index, deadline)
@@ -666,13 +663,11 @@ class Executor:
                         with contextlib.suppress(EOFError, OSError, ValueError, TypeError):
                             results[i] = Result(**_read_message(self._procs[worker].stdout.fileno()))
                             continue
-                        results[i] = Result("error", message="sandbox worker crashed")
-                    else:
-                        results[i] = Result("timeout", message="sandbox worker did not answer")
+                    results[i] = (Result("error", message="sandbox worker crashed") if worker in ready
+                                  else Result("timeout", message="sandbox worker did not answer"))
                     self._replace(worker)
         return results
 
-    # One call each; the trainer batches them through run_batch as (op, *args).
     def validate(self, program, input):  # spec section 4; .output = repr(f(input)) when ok
         return self.run_batch([("validate", program, input)])[0]
 
