@@ -618,7 +618,9 @@ class Executor:
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env, cwd="/",
                                 start_new_session=True)
         try:
-            if not select.select([proc.stdout], [], [], 60)[0]:
+            poller = select.poll()  # not select.select: a busy trainer's fd numbers may pass 1024
+            poller.register(proc.stdout, select.POLLIN)
+            if not poller.poll(60_000):
                 raise EOFError
             self.sandbox = _read_message(proc.stdout.fileno())
         except (EOFError, ValueError):

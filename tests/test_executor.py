@@ -389,6 +389,7 @@ def test_run_batch_order_and_bad_calls(ex):
         assert results[2 * i + 1].status == ("ok" if i % 2 == 0 else "wrong")
     assert [r.status for r in results[24:]] == ["error"] * 6 + ["ok"]
     assert ex.run_batch([]) == []
+    assert [r.status for r in ex.run_batch([None, ()])] == ["error"] * 2  # only malformed calls
 
 
 def test_hash_seed_is_fixed(ex):
