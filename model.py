@@ -482,7 +482,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, s
     device = model.embed.weight.device
     lengths = [len(p) for p in prompts]
     rows = len(prompts) * n
-    capacity = -(-(max(lengths) + max_new_tokens) // 8) * 8  # multiple of 8 keeps fused SDPA kernels aligned
+    capacity = max(lengths) + max_new_tokens
     cache = KVCache(model.config, rows, capacity, n, _compute_dtype(model), device)
     cos_table, sin_table = model.rope(torch.arange(capacity, device=device))  # (capacity, head_dim)
     generator = None if seed is None else torch.Generator(device).manual_seed(seed)
