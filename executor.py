@@ -58,8 +58,8 @@ class Result:
 # ----------------------------------------------------------------------------------------------------
 # Static checks and values, done in the worker: parse model text, never run it.
 
-# Constructors and names a model-written value may use: enough for the reprs of the builtin containers,
-# Counter/OrderedDict/deque and float('inf')/nan. Solver-written inputs may also call the program's classes.
+# Constructors and names a model-written value may use (the reprs of builtin containers, Counter/OrderedDict/
+# deque, float('inf')/nan); solver-written inputs may also call the program's own classes.
 SAFE_CALLS = {"set": set, "frozenset": frozenset, "Counter": Counter, "OrderedDict": OrderedDict,
               "deque": deque, "float": float, "complex": complex, "dict": dict, "list": list, "tuple": tuple}
 SAFE_NAMES = {"inf": math.inf, "nan": math.nan}
@@ -592,8 +592,7 @@ class Executor:
         RLIMIT_NPROC per sandbox uid; sandbox_uid: when root, worker i of torchrun's local rank r runs programs as
         uid sandbox_uid - r * workers - i (one uid per worker on the node, so one worker's cleanup and process
         limit never touch another's); namespaces=False skips Linux namespaces, as on systems that forbid them."""
-        self.workers = workers or len(os.sched_getaffinity(0))
-        self.timeout_s = timeout_s
+        self.workers, self.timeout_s = workers or len(os.sched_getaffinity(0)), timeout_s
         self.sandbox = {}  # the isolation the OS granted: root, net_ns, pid_ns, mount_ns (all bool)
         self._config = {"timeout_s": timeout_s, "memory_mb": memory_mb, "banned": list(banned_modules),
                         "max_output_chars": max_output_chars, "file_mb": file_mb, "max_processes": max_processes,
@@ -612,15 +611,14 @@ class Executor:
 
     def _spawn(self, index):
         """Start worker `index` (see sandbox_uid)."""
-        first_uid = self._config["sandbox_uid"] - int(os.environ.get("LOCAL_RANK", 0)) * self.workers
-        cfg = json.dumps(dict(self._config, uid=first_uid - index))
-        proc = subprocess.Popen([sys.executable, "-S", "-s", "-c", _WORKER_BOOT, os.path.abspath(__file__), cfg],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env, cwd="/",
-                                start_new_session=True)
+        uid = self._config["sandbox_uid"] - int(os.environ.get("LOCAL_RANK", 0)) * self.workers - index
+        proc = subprocess.Popen([sys.executable, "-S", "-s", "-c", _WORKER_BOOT, os.path.abspath(__file__),
+                                 json.dumps(dict(self._config, uid=uid))], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=self._env, cwd="/", start_new_session=True)
         try:
             poller = select.poll()  # not select.select: a busy trainer's fd numbers may pass 1024
             poller.register(proc.stdout, select.POLLIN)
-            if not poller.poll(60_000):
+            if not poller.poll(60_000):  # milliseconds
                 raise EOFError
             self.sandbox = _read_message(proc.stdout.fileno())
         except (EOFError, ValueError):
