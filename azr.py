@@ -420,14 +420,15 @@ def accumulate_gradients(logprob_module, rollouts, advantages, num_tokens, world
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for index, rows in enumerate(tqdm(batches, desc="update", leave=False)):
         sync = logprob_module.no_sync() if is_ddp and index < len(batches) - 1 else contextlib.nullcontext()
-        with sync, autocast:
-            if rows:
-                tokens, mask = micro_batch([rollouts[i] for i in rows], device)
-                logprobs = logprob_module(tokens).float()
-                loss = policy_gradient_loss(logprobs, advantages[rows].to(device), mask, num_tokens) * world
-            else:
-                loss = logprob_module(torch.zeros(1, 2, dtype=torch.long, device=device)).sum() * 0.0
-            loss.backward()
+        with sync:  # no_sync must cover the backward too
+            with autocast:
+                if rows:
+                    tokens, mask = micro_batch([rollouts[i] for i in rows], device)
+                    logprobs = logprob_module(tokens).float()
+                    loss = policy_gradient_loss(logprobs, advantages[rows].to(device), mask, num_tokens) * world
+                else:
+                    loss = logprob_module(torch.zeros(1, 2, dtype=torch.long, device=device)).sum() * 0.0
+            loss.backward()  # outside autocast, as torch recommends
 
 
 def policy_update(model, logprob_module, optimizer, rollouts, cfg, world, device):
