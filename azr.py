@@ -28,14 +28,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch.distributed.optim import ZeroRedundancyOptimizer
-from safetensors.torch import load_model as load_weights
-from safetensors.torch import save_model as save_weights
 from tqdm import tqdm
 
 import buffers
 from buffers import ROLES, TASK_TYPES, Rewards, TaskBuffer
 from executor import BANNED_MODULES, Executor
-from model import default_stop_ids, generate, load_model
+from model import default_stop_ids, generate, load_model, save_hf_checkpoint
 from trr import policy_gradient_loss, trr_advantages
 
 
@@ -474,8 +472,9 @@ def group_metrics(summaries):
     return metrics
 
 
-def save_checkpoint(run_dir, model, optimizer, step, rank):
-    """Weights (safetensors), optimizer state, RNG states and step, swapped in atomically."""
+def save_checkpoint(run_dir, model, tokenizer, optimizer, step, rank):
+    """An HF checkpoint directory (eval.py --model and transformers read it) plus optimizer state, RNG
+    states and step, swapped in atomically."""
     if isinstance(optimizer, ZeroRedundancyOptimizer):
         optimizer.consolidate_state_dict(to=0)
     if rank != 0:
@@ -483,7 +482,7 @@ def save_checkpoint(run_dir, model, optimizer, step, rank):
     tmp, final = os.path.join(run_dir, "checkpoint.tmp"), os.path.join(run_dir, "checkpoint")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    save_weights(model, os.path.join(tmp, "model.safetensors"))  # stores tied embeddings once
+    save_hf_checkpoint(model, tokenizer, tmp)
     torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
     torch.save({"step": step, "python": random.getstate(), "torch": torch.get_rng_state()},
                os.path.join(tmp, "state.pt"))
@@ -496,7 +495,7 @@ def load_checkpoint(run_dir, model, optimizer, device):
     path = os.path.join(run_dir, "checkpoint")
     if not os.path.isdir(path):
         return 0
-    load_weights(model, os.path.join(path, "model.safetensors"), device=str(device))
+    model.load_state_dict(load_model(path, device="cpu")[0].state_dict())
     optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=device))
     state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
     random.setstate(state["python"])
@@ -651,7 +650,7 @@ def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor,
             write_json_line(os.path.join(cfg.out, "samples.jsonl"), sample)
         log(step_summary(metrics, cfg.steps))
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-        save_checkpoint(cfg.out, model, optimizer, step + 1, rank)
+        save_checkpoint(cfg.out, model, sampler.tokenizer, optimizer, step + 1, rank)
 
 
 def step_summary(metrics, steps):

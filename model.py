@@ -343,6 +343,53 @@ def _load_hf_dir(path, device, dtype):
     return model, AutoTokenizer.from_pretrained(path)
 
 
+def hf_config(config: ModelConfig) -> dict:
+    """The config.json transformers (and `ModelConfig.from_hf`) reads back for this architecture."""
+    architecture = "Qwen3ForCausalLM" if config.qk_norm else "Qwen2ForCausalLM" if config.attention_bias \
+        else "LlamaForCausalLM"
+    rope_scaling = dict(config.rope_scaling, rope_type="llama3") if config.rope_scaling else None
+    return {"architectures": [architecture], "model_type": SUPPORTED_ARCHITECTURES[architecture],
+            "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+            "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
+            "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
+            "head_dim": config.head_dim, "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta,
+            "rope_scaling": rope_scaling, "tie_word_embeddings": config.tie_word_embeddings,
+            "max_position_embeddings": config.max_position_embeddings, "hidden_act": "silu",
+            "attention_bias": False, "torch_dtype": "float32"}
+
+
+def save_hf_checkpoint(model, tokenizer, path):
+    """Write `model` as an HF checkpoint directory (config.json, model.safetensors with HF tensor names,
+    tokenizer files): load_model, eval.py and transformers itself all read it back."""
+    from safetensors.torch import save_file
+    c = model.config
+    state = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
+    if not c.tie_word_embeddings:
+        state["lm_head.weight"] = model.lm_head.weight
+    sizes = [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim]
+    for i, block in enumerate(model.blocks):  # undo the fused qkv and gate_up projections
+        p = f"model.layers.{i}."
+        for name, w in zip(("q_proj", "k_proj", "v_proj"), block.attn.qkv.weight.split(sizes)):
+            state[f"{p}self_attn.{name}.weight"] = w
+        if c.attention_bias:
+            for name, b in zip(("q_proj", "k_proj", "v_proj"), block.attn.qkv.bias.split(sizes)):
+                state[f"{p}self_attn.{name}.bias"] = b
+        if c.qk_norm:
+            state[f"{p}self_attn.q_norm.weight"] = block.attn.q_norm.weight
+            state[f"{p}self_attn.k_norm.weight"] = block.attn.k_norm.weight
+        state[f"{p}self_attn.o_proj.weight"] = block.attn.proj.weight
+        state[f"{p}mlp.gate_proj.weight"], state[f"{p}mlp.up_proj.weight"] = block.mlp.gate_up.weight.chunk(2)
+        state[f"{p}mlp.down_proj.weight"] = block.mlp.down.weight
+        state[f"{p}input_layernorm.weight"] = block.attn_norm.weight
+        state[f"{p}post_attention_layernorm.weight"] = block.mlp_norm.weight
+    os.makedirs(path, exist_ok=True)
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()},
+              os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf_config(c), f, indent=2)
+    tokenizer.save_pretrained(path)
+
+
 def _load_gguf(path, device, dtype):
     """A llama-architecture GGUF (the embedded model), dequantized to `dtype`."""
     import gguf

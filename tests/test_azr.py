@@ -7,6 +7,7 @@ import signal
 import pytest
 import torch
 import torch.multiprocessing as mp
+from transformers import AutoModelForCausalLM
 
 import azr
 from buffers import TASK_TYPES, TaskBuffer
@@ -155,7 +156,13 @@ def test_two_steps_end_to_end(tiny_checkpoint, tmp_path):
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, initial[k])]
     assert changed
     assert read_jsonl(tmp_path / "run" / "samples.jsonl")
-    assert os.path.isfile(tmp_path / "run" / "checkpoint" / "model.safetensors")
+    # the checkpoint is an HF checkpoint directory: our loader and transformers read the trained weights
+    tokens = torch.randint(0, 49152, (2, 7))
+    reloaded, _ = load_model(str(tmp_path / "run" / "checkpoint"))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(tokens), model(tokens))
+        hf = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint")
+        torch.testing.assert_close(hf(tokens).logits, model(tokens), rtol=1e-4, atol=1e-4)
 
 
 def fixed_rollouts(count=8):

@@ -88,6 +88,20 @@ def test_logits_match_transformers(tmp_path, family, shard):
     assert (got - expected).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_save_hf_checkpoint_round_trips_through_transformers(tmp_path, family):
+    hf = save_tiny(family, tmp_path / "source")
+    ours, tokenizer = M.load_model(str(tmp_path / "source"))
+    M.save_hf_checkpoint(ours, tokenizer, str(tmp_path / "saved"))
+    reloaded, _ = M.load_model(str(tmp_path / "saved"))
+    hf_reloaded = hf.__class__.from_pretrained(tmp_path / "saved").eval()
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = hf(tokens).logits
+        assert (reloaded(tokens) - expected).abs().max().item() <= 1e-4
+        assert (hf_reloaded(tokens).logits - expected).abs().max().item() <= 1e-4
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_parsing_both_rope_spellings(path):
     with open(path) as f:
