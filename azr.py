@@ -245,7 +245,8 @@ def proposer_jobs(buffer_map, task_type, count, rng, sampler, num_references):
     truncated (spec section 3), and dropped after a few tries.
     """
     if task_type == "induction":  # one program from the union of the triplet buffers (spec section 2)
-        pool = buffer_map["deduction"].items + buffer_map["abduction"].items
+        union = buffer_map["deduction"].items + buffer_map["abduction"].items
+        pool = list({(t.program, t.input): t for t in union}.values())  # the seeds are in both buffers
     jobs = []
     for _ in range(count):
         for _attempt in range(4):
@@ -275,13 +276,19 @@ def propose(jobs_by_type, executor, sampler, seed, rank, world):
 
 
 def estimate_learnability(proposed, executor, sampler, cfg, seed):
-    """{id(task): solve rate s} of every valid proposal over n_solve_samples rollouts (not trained on)."""
-    valid = {t: [p.task for _, _, p in items if p.valid] for t, items in proposed.items()}
-    prompts = {t: [sampler.encode(buffers.solver_prompt(t, task)) for task in tasks] for t, tasks in valid.items()}
+    """{id(task): solve rate s} of every valid proposal over n_solve_samples rollouts (not trained on).
+
+    A task whose solver prompt is over max_prompt_tokens gets no rollouts: its s stays NaN (reward 0).
+    """
+    jobs = {t: [(p.task, sampler.encode(buffers.solver_prompt(t, p.task))) for _, _, p in items if p.valid]
+            for t, items in proposed.items()}
+    jobs = {t: [(task, tokens) for task, tokens in task_jobs if sampler.fits(tokens)] for t, task_jobs in jobs.items()}
     n = cfg.n_solve_samples
-    responses = sample_by_type(sampler, prompts, n, seed, "learnability")
+    responses = sample_by_type(sampler, {t: [tokens for _, tokens in j] for t, j in jobs.items()}, n, seed,
+                               "learnability")
     solve_rates = {}
-    for task_type, tasks in valid.items():
+    for task_type, task_jobs in jobs.items():
+        tasks = [task for task, _ in task_jobs]
         texts = [text for group in responses[task_type] for _, text in group]
         solutions = buffers.score_solutions(executor, task_type, [task for task in tasks for _ in range(n)], texts)
         for i, task in enumerate(tasks):
@@ -503,6 +510,25 @@ def load_checkpoint(run_dir, model, optimizer, device):
     return state["step"]
 
 
+def drop_logs_after(run_dir, step):
+    """A resumed run repeats the steps after its checkpoint: drop their old metrics and samples lines."""
+    for path in (os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "samples.jsonl")):
+        if os.path.isfile(path):
+            rows = read_json_lines(path)
+            with open(path, "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows if row["step"] <= step)
+
+
+def read_json_lines(path):
+    """The records of a JSONL log; a line torn by a kill is skipped."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line))
+    return rows
+
+
 def plot_run(run_dir):
     """metrics.jsonl -> metrics.png: rewards per group, validity and solve rates."""
     try:
@@ -514,8 +540,7 @@ def plot_run(run_dir):
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         sys.exit(f"azr: no metrics.jsonl in {run_dir}")
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_json_lines(path)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for ax, (suffix, title) in zip(axes, [("reward", "mean reward"), ("validity_rate", "proposal validity"),
                                           ("solve_rate", "solve rate")]):
@@ -587,6 +612,7 @@ def train(cfg, sample_fn=generate):
     except (FileNotFoundError, ValueError) as error:  # a bad checkpoint: one line, no traceback
         sys.exit(f"azr: {error}")
     model.activation_checkpointing = cfg.activation_checkpointing
+    model.train()  # no dropout here: train mode only switches activation checkpointing on
     if rank == 0:
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=2)
@@ -601,8 +627,11 @@ def train(cfg, sample_fn=generate):
     else:
         optimizer = torch.optim.AdamW(model.parameters(), **adamw)
     start_step = load_checkpoint(cfg.out, model, optimizer, device) if cfg.resume else 0
+    if cfg.resume and rank == 0:
+        drop_logs_after(cfg.out, start_step)
 
-    workers = cfg.exec_workers or len(os.sched_getaffinity(0))
+    # the ranks of a node share its cores: oversubscribed sandboxes would time out correct programs
+    workers = cfg.exec_workers or max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     with Executor(workers=workers, timeout_s=cfg.exec_timeout_s, memory_mb=cfg.exec_memory_mb,
                   banned_modules=BANNED_MODULES, max_output_chars=cfg.max_output_chars) as pool:
         executor = TimedExecutor(pool, chunk=8 * workers)
@@ -654,23 +683,18 @@ def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor,
 
 
 def step_summary(metrics, steps):
-    """One line: rewards and solve rates per group, validity, buffers, speed, time split."""
-    short = {"deduction": "ded", "abduction": "abd", "induction": "ind"}
+    """One line: per task type the proposer (P) and solver (S) rewards, validity and accuracy; then
+    buffer sizes, speed and the time split."""
+    def fmt(key, sign=""):
+        return "  - " if metrics.get(key) is None else f"{metrics[key]:{sign}.2f}"
 
-    def fmt(key):
-        value = metrics.get(key)
-        return "  - " if value is None else f"{value:+.2f}" if "reward" in key else f"{value:.2f}"
-
-    parts = [f"step {metrics['step']}/{steps}"]
-    for task_type in TASK_TYPES:
-        parts.append(f"{short[task_type]} P {fmt(f'{task_type}/propose/reward')} "
-                     f"valid {fmt(f'{task_type}/propose/validity_rate')} "
-                     f"S {fmt(f'{task_type}/solve/reward')} acc {fmt(f'{task_type}/solve/solve_rate')}")
-    parts.append("buf " + "/".join(str(metrics[f"buffer/{t}"]) for t in TASK_TYPES))
-    parts.append(f"{metrics['tokens_per_s']:.0f} tok/s")
-    parts.append(f"sample {metrics['time/sampling']:.0f}s exec {metrics['time/execution']:.0f}s "
-                 f"update {metrics['time/update']:.0f}s")
-    return " | ".join(parts)
+    parts = [f"step {metrics['step']}/{steps}"] + [
+        f"{t[:3]} P {fmt(f'{t}/propose/reward', '+')} valid {fmt(f'{t}/propose/validity_rate')} "
+        f"S {fmt(f'{t}/solve/reward', '+')} acc {fmt(f'{t}/solve/solve_rate')}" for t in TASK_TYPES]
+    return " | ".join(parts + ["buf " + "/".join(str(metrics[f"buffer/{t}"]) for t in TASK_TYPES),
+                               f"{metrics['tokens_per_s']:.0f} tok/s",
+                               f"sample {metrics['time/sampling']:.0f}s exec {metrics['time/execution']:.0f}s "
+                               f"update {metrics['time/update']:.0f}s"])
 
 
 def main(argv=None):

@@ -348,7 +348,7 @@ def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
     first = _THINK_THEN_ANSWER.search(text)
     if first is None or "</answer>" not in text[first.end():]:
         return Parsed(False, "no_think" if "</think>" not in text else "no_answer")
-    answer = list(_ANSWER.finditer(text))[-1].group(1)
+    answer = list(_ANSWER.finditer(text, first.start()))[-1].group(1)  # an <answer> in the thinking is not one
 
     def fail(reason):
         return Parsed(False, reason, answer)

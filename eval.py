@@ -398,7 +398,8 @@ def to_generation(bench, response):
             return ""  # a malformed response is a wrong answer (it does not run), never a crash
         # From here the official rule scores it (cruxeval_script), as for a generations file: the
         # answer text is evaluated, unlike the trainer's value comparison (spec section 4).
-        return parsed.payload if bench == "cruxeval-o" else f"f({parsed.payload})"
+        # the payload on its own lines, as the trainer parses it: a trailing comment cannot eat the ")"
+        return parsed.payload if bench == "cruxeval-o" else f"f(\n{parsed.payload}\n)"
     if bench in ("humaneval", "mbpp"):
         return extract_code(response)
     return response

@@ -46,9 +46,8 @@ class ScriptedSampler:
     answers, so every group has reward variance and a non-zero advantage.
     """
 
-    def __init__(self, tokenizer, kill_after_calls=None):
-        self.tokenizer, self.calls, self.counter = tokenizer, 0, 0
-        self.kill_after_calls = kill_after_calls
+    def __init__(self, tokenizer, kill_if=None):
+        self.tokenizer, self.counter, self.kill_if = tokenizer, 0, kill_if
 
     def respond(self, prompt):
         self.counter += 1
@@ -70,8 +69,7 @@ class ScriptedSampler:
         return answer(fence("python", program))
 
     def __call__(self, model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None):
-        self.calls += 1
-        if self.kill_after_calls is not None and self.calls > self.kill_after_calls:
+        if self.kill_if is not None and self.kill_if():
             os.kill(os.getpid(), signal.SIGKILL)  # a run killed mid-step
         results = []
         for prompt in prompts:
@@ -235,17 +233,30 @@ def test_two_ranks_gloo(tiny_checkpoint, tmp_path):
 
 
 # ----------------------------------------------------------------------------- resume
-def killed_run(checkpoint, out, kill_after_calls):
+class GrewDuringStepTwo:
+    """True once step 1 is logged and the deduction buffer has grown since: step 2 added its tasks."""
+
+    def __init__(self, out):
+        self.out, self.size_after_step_one = out, None
+
+    def __call__(self):
+        if not os.path.isfile(os.path.join(self.out, "metrics.jsonl")):
+            return False
+        size = len(read_jsonl(os.path.join(self.out, "buffer_deduction.jsonl")))
+        self.size_after_step_one = self.size_after_step_one or size
+        return size > self.size_after_step_one
+
+
+def killed_run(checkpoint, out):
     _, tokenizer = load_model(str(checkpoint))
-    azr.train(tiny_config(checkpoint, out, steps=3), sample_fn=ScriptedSampler(tokenizer, kill_after_calls))
+    azr.train(tiny_config(checkpoint, out, steps=3), sample_fn=ScriptedSampler(tokenizer, GrewDuringStepTwo(out)))
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_loses_nothing(tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
-    # seeding takes 2 sampler calls and each step 3 (propose, learnability, solve): die in step 2's
-    # solve call, after its new tasks were written to the buffers but before its checkpoint
-    process = mp.get_context("spawn").Process(target=killed_run, args=(str(tiny_checkpoint), str(out), 7))
+    # die in step 2's solve call: after its new tasks were written to the buffers, before its checkpoint
+    process = mp.get_context("spawn").Process(target=killed_run, args=(str(tiny_checkpoint), str(out)))
     process.start()
     process.join(timeout=300)
     assert process.exitcode == -signal.SIGKILL
