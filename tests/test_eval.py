@@ -243,7 +243,9 @@ def response(tag, body):
 
 def test_responses_to_generations():
     assert ev.to_generation("cruxeval-o", response("output", "[1, 2]")) == "[1, 2]"
-    assert ev.to_generation("cruxeval-i", response("input", "'ab', 3")) == "f('ab', 3)"
+    assert ev.to_generation("cruxeval-i", response("input", "'ab', 3")) == "f(\n'ab', 3\n)"
+    # a trailing comment stays inside the call, as in the trainer's parser: it still runs
+    assert ev.to_generation("cruxeval-i", response("input", "'ab', 3  # two args")) == "f(\n'ab', 3  # two args\n)"
     assert ev.to_generation("cruxeval-o", "no think close <answer>1</answer>") == ""  # malformed: wrong
     assert ev.to_generation("cruxeval-i", response("input", "1), g(2")) == ""  # smuggled code: rejected
     code = "def add(a, b):\n    return a + b\n"
