@@ -169,10 +169,8 @@ class Sampler:
 
     def __init__(self, model, tokenizer, cfg, device, sample_fn=generate):
         self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
-        self.sample_fn = sample_fn
-        self.stop_ids = default_stop_ids(tokenizer)
-        self.tokens = 0
-        self.seconds = 0.0
+        self.sample_fn, self.stop_ids = sample_fn, default_stop_ids(tokenizer)
+        self.tokens, self.seconds = 0, 0.0  # sampled this step, for tokens/s
 
     def encode(self, text):
         return self.tokenizer(text).input_ids
@@ -204,8 +202,7 @@ class TimedExecutor:
     """The executor behind a progress bar and a clock; buffers.py scores through its run_batch."""
 
     def __init__(self, executor, chunk):
-        self.executor, self.chunk = executor, chunk
-        self.seconds = 0.0
+        self.executor, self.chunk, self.seconds = executor, chunk, 0.0
 
     def run_batch(self, calls):
         start = time.time()
@@ -545,10 +542,10 @@ def plot_run(run_dir):
     for ax, (suffix, title) in zip(axes, [("reward", "mean reward"), ("validity_rate", "proposal validity"),
                                           ("solve_rate", "solve rate")]):
         for key in sorted({k for row in rows for k in row if k.endswith("/" + suffix)}):
-            points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
-            ax.plot([s for s, _ in points], [v for _, v in points], label=key.rsplit("/", 1)[0], marker=".")
-        ax.set_title(title)
-        ax.set_xlabel("step")
+            steps_values = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
+            if steps_values:
+                ax.plot(*zip(*steps_values), label=key.rsplit("/", 1)[0], marker=".")
+        ax.set(title=title, xlabel="step")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "metrics.png"), dpi=120)
