@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -226,13 +227,8 @@ def sampling_seed(cfg, step, rank, phase):
 
 def sample_by_type(sampler, prompts_by_type, n, seed, desc):
     """{task_type: [prompt tokens]} -> {task_type: [n (tokens, text) responses per prompt]}."""
-    flat = [prompt for prompts in prompts_by_type.values() for prompt in prompts]
-    groups = sampler(flat, n, seed, desc)
-    by_type, start = {}, 0
-    for task_type, prompts in prompts_by_type.items():
-        by_type[task_type] = groups[start:start + len(prompts)]
-        start += len(prompts)
-    return by_type
+    groups = iter(sampler([prompt for prompts in prompts_by_type.values() for prompt in prompts], n, seed, desc))
+    return {task_type: [next(groups) for _ in prompts] for task_type, prompts in prompts_by_type.items()}
 
 
 def proposer_jobs(buffer_map, task_type, count, rng, sampler, num_references):
@@ -318,33 +314,22 @@ def solver_jobs(buffer, new_tasks, task_type, count, rng, sampler):
 
 
 def seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log):
-    """Fill the buffers with valid proposals of the base model, no training (spec section 9)."""
-    triplet_types = ("deduction", "abduction")
-    for round_index in range(cfg.seed_max_rounds):
-        if all(len(buffer_map[t]) >= cfg.seed_size for t in triplet_types):
-            break
-        rng = random.Random(f"{cfg.seed}-seed-triplets-{round_index}")
-        jobs = {t: proposer_jobs(buffer_map, t, cfg.batch_size, rng, sampler, cfg.num_references)
-                for t in triplet_types}
-        proposed = propose(jobs, executor, sampler, sampling_seed(cfg, -1 - round_index, rank, "triplets"),
-                           rank, world)
-        new = [p.task for items in proposed.values() for _, _, p in items if p.valid]
-        for task in [task for rank_tasks in all_gather(new) for task in rank_tasks]:
-            for task_type in triplet_types:  # both triplet buffers start from the same seed set
-                if len(buffer_map[task_type]) < cfg.seed_size:
-                    buffer_map[task_type].add(task)
-        log(f"seed round {round_index + 1}: {len(buffer_map['deduction'])} deduction, "
-            f"{len(buffer_map['abduction'])} abduction triplets")
-    for round_index in range(cfg.seed_max_rounds):
-        if len(buffer_map["induction"]) >= cfg.seed_size:
-            break
-        rng = random.Random(f"{cfg.seed}-seed-induction-{round_index}")
-        jobs = {"induction": proposer_jobs(buffer_map, "induction", cfg.batch_size, rng, sampler,
-                                           cfg.num_references)}
-        proposed = propose(jobs, executor, sampler, sampling_seed(cfg, -1 - round_index, rank, "induction"),
-                           rank, world)
-        add_gathered(buffer_map["induction"], all_gather([p.task for _, _, p in proposed["induction"] if p.valid]))
-        log(f"seed round {round_index + 1}: {len(buffer_map['induction'])} induction tasks")
+    """Fill the buffers with valid proposals of the base model, no training (spec section 9): first the
+    triplet buffers (deduction and abduction proposals both feed both), then induction tasks for their programs."""
+    for phase, task_types in (("triplets", ("deduction", "abduction")), ("induction", ("induction",))):
+        for round_index in range(cfg.seed_max_rounds):
+            if all(len(buffer_map[t]) >= cfg.seed_size for t in task_types):
+                break
+            rng = random.Random(f"{cfg.seed}-seed-{phase}-{round_index}")
+            jobs = {t: proposer_jobs(buffer_map, t, cfg.batch_size, rng, sampler, cfg.num_references)
+                    for t in task_types}
+            proposed = propose(jobs, executor, sampler, sampling_seed(cfg, -1 - round_index, rank, phase), rank, world)
+            new = [p.task for items in proposed.values() for _, _, p in items if p.valid]
+            for task in [task for rank_tasks in all_gather(new) for task in rank_tasks]:
+                for task_type in task_types:  # the same seed set starts both triplet buffers
+                    if len(buffer_map[task_type]) < cfg.seed_size:
+                        buffer_map[task_type].add(task)
+            log(f"seed round {round_index + 1}: " + ", ".join(f"{len(buffer_map[t])} {t}" for t in task_types))
 
 
 def collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world):
@@ -433,11 +418,10 @@ def accumulate_gradients(logprob_module, rollouts, advantages, num_tokens, world
             loss.backward()  # outside autocast, as torch recommends
 
 
-def policy_update(model, logprob_module, optimizer, rollouts, cfg, world, device):
+def policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, device):
     """TRR++ over the step's rollouts from every rank, then one clipped AdamW step."""
     records = all_gather([(r.reward, r.group, len(r.response_tokens)) for r in rollouts])
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    offset = sum(len(records[i]) for i in range(rank))
+    offset = sum(len(rank_records) for rank_records in records[:rank])
     everything = [record for rank_records in records for record in rank_records]
     advantages = trr_advantages([r for r, _, _ in everything], [g for _, g, _ in everything])
     advantages = advantages[offset:offset + len(rollouts)]
@@ -560,9 +544,7 @@ def prepare_run_dir(cfg):
         return f"azr: {cfg.out} already holds a run; pass --resume {cfg.out} or choose another --out"
     try:
         os.makedirs(cfg.out, exist_ok=True)
-        probe = os.path.join(cfg.out, ".write-test")
-        open(probe, "w").close()
-        os.remove(probe)
+        tempfile.TemporaryFile(dir=cfg.out).close()  # can we write there?
     except OSError as error:
         return f"azr: cannot write to --out {cfg.out}: {error.strerror}"
     return None
@@ -619,8 +601,7 @@ def train(cfg, sample_fn=generate):
             logprob_module, device_ids=[device.index] if device.type == "cuda" else None)
     adamw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     if cfg.zero and world > 1:
-        optimizer = ZeroRedundancyOptimizer(
-            model.parameters(), optimizer_class=torch.optim.AdamW, **adamw)
+        optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, **adamw)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), **adamw)
     start_step = load_checkpoint(cfg.out, model, optimizer, device) if cfg.resume else 0
@@ -661,7 +642,7 @@ def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor,
     sampler.tokens, sampler.seconds, executor.seconds = 0, 0.0, 0.0
     rollouts, samples = collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world)
     update_started = time.time()
-    grad_norm = policy_update(model, logprob_module, optimizer, rollouts, cfg, world, device)
+    grad_norm = policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, device)
     update_seconds = time.time() - update_started
     summaries = [s for rank_summaries in all_gather([r.summary() for r in rollouts]) for s in rank_summaries]
     timing = all_gather((sampler.tokens, sampler.seconds))
