@@ -34,14 +34,16 @@ from tqdm import tqdm
 import buffers
 from buffers import ROLES, TASK_TYPES, Rewards, TaskBuffer
 from executor import BANNED_MODULES, Executor
-from model import default_stop_ids, generate, load_model, save_hf_checkpoint
+from model import (CPU_DEFAULT_MODEL, EMBEDDED_MODELS, default_stop_ids, generate, load_model, recorded_prompt_format,
+                   save_hf_checkpoint)
 from trr import policy_gradient_loss, trr_advantages
 
 
 @dataclass
 class Config:
     # run
-    model: str = "smollm2-135m"  # HF checkpoint dir (Qwen2/2.5, Qwen3, Llama 3) or the embedded model
+    model: str = CPU_DEFAULT_MODEL  # HF checkpoint dir (Qwen2/2.5, Qwen3, Llama 3) or an embedded model's name
+    prompt_format: str = "auto"  # chat | plain | auto: chat for embedded/instruct checkpoints that record it
     device: str = "auto"  # auto | cpu | cuda
     preset: str = "auto"  # auto (cpu when CUDA is absent) | gpu | cpu: the defaults below are the gpu preset
     out: str = ""  # run directory; default runs/<timestamp>
@@ -62,8 +64,10 @@ class Config:
     max_response_tokens: int = 8096
     temperature: float = 1.0
     top_p: float = 1.0
-    format_penalty: float = -1.0
-    wrong_penalty: float = -0.5
+    format_penalty: float = -1.0  # malformed response or unparseable payload (eq. 6)
+    wrong_penalty: float = -0.5  # solver: well-formed but wrong
+    invalid_penalty: float = -1.0  # proposer: well-formed, but the task fails validation
+    unlearnable_penalty: float = -0.5  # proposer: valid, but solved by all or none of the rollouts
     # executor (spec sections 4, 7)
     exec_timeout_s: float = 5.0
     exec_workers: int = 0  # 0: one per CPU core
@@ -71,6 +75,7 @@ class Config:
     max_output_chars: int = 1000
     # optimisation (spec section 6)
     lr: float = 1e-6
+    lr_warmup_steps: int = 0  # linear warm-up from lr / lr_warmup_steps; 0: constant lr from the first step
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
@@ -81,10 +86,13 @@ class Config:
     zero: bool = False  # shard AdamW state across ranks (ZeroRedundancyOptimizer)
 
 
-# Sized so `python azr.py` runs real self-play with SmolLM2-135M on a 2-core laptop in ~10 minutes.
-CPU_PRESET = dict(steps=6, checkpoint_every=3, batch_size=2, num_references=2, n_solve_samples=4,
-                  seed_size=6, seed_max_rounds=2, max_prompt_tokens=1024, max_response_tokens=192,
-                  exec_timeout_s=2.0, lr=1e-6, micro_batch_size=4, generation_batch_size=32,
+# Sized so `python azr.py` trains Qwen2.5-Coder-0.5B-Instruct on a 2-core CPU for about an hour and the
+# model measurably improves (README "CPU run"). The learning rate is 10x the paper's because the run is
+# ~100x shorter; the warm-up keeps Adam's first steps (which move every weight by about lr) from
+# collapsing the response format, which a constant 5e-5 did in one step.
+CPU_PRESET = dict(steps=10, checkpoint_every=5, batch_size=3, num_references=2, n_solve_samples=4,
+                  seed_size=4, seed_max_rounds=3, max_prompt_tokens=1536, max_response_tokens=224,
+                  exec_timeout_s=2.0, lr=1e-5, lr_warmup_steps=2, micro_batch_size=2, generation_batch_size=48,
                   activation_checkpointing=False)
 
 
@@ -166,15 +174,18 @@ class Rollout:
 
 
 class Sampler:
-    """Tokenises prompts, decodes in bounded batches with a progress bar, and counts tokens."""
+    """Turns task texts into prompt tokens (in the run's prompt format), decodes in bounded batches with
+    a progress bar, and counts tokens."""
 
     def __init__(self, model, tokenizer, cfg, device, sample_fn=generate):
         self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
         self.sample_fn, self.stop_ids = sample_fn, default_stop_ids(tokenizer)
         self.tokens, self.seconds = 0, 0.0  # sampled this step, for tokens/s
 
-    def encode(self, text):
-        return self.tokenizer(text).input_ids
+    def encode(self, task_text):
+        prompt = buffers.format_prompt(task_text, self.cfg.prompt_format, self.tokenizer)
+        # the chat template already holds the special tokens as text; add no BOS on top of them
+        return self.tokenizer(prompt, add_special_tokens=self.cfg.prompt_format == "plain").input_ids
 
     def fits(self, prompt_tokens):
         return len(prompt_tokens) <= self.cfg.max_prompt_tokens
@@ -334,7 +345,8 @@ def seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log):
 
 def collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world):
     """Steps 1-7 of spec section 8 for every task type; returns this rank's rollouts and samples."""
-    rewards = Rewards(format_error=cfg.format_penalty, wrong=cfg.wrong_penalty)
+    rewards = Rewards(format_error=cfg.format_penalty, wrong=cfg.wrong_penalty, invalid=cfg.invalid_penalty,
+                      unlearnable=cfg.unlearnable_penalty)
     rng = random.Random(f"{cfg.seed}-step-{step}")  # same on every rank: same references and tasks
     jobs = {t: proposer_jobs(buffer_map, t, cfg.batch_size, rng, sampler, cfg.num_references) for t in TASK_TYPES}
     proposed = propose(jobs, executor, sampler, sampling_seed(cfg, step, rank, "propose"), rank, world)
@@ -452,7 +464,7 @@ def group_metrics(summaries):
             continue
         solve_rates = [s["solve_rate"] for s in group if not math.isnan(s["solve_rate"])]
         metrics[f"{name}/reward"] = sum(s["reward"] for s in group) / len(group)
-        metrics[f"{name}/format_error_rate"] = sum(not s["format_ok"] for s in group) / len(group)
+        metrics[f"{name}/format_rate"] = sum(s["format_ok"] for s in group) / len(group)
         metrics[f"{name}/solve_rate"] = sum(solve_rates) / len(solve_rates) if solve_rates else None
         metrics[f"{name}/response_length"] = sum(s["length"] for s in group) / len(group)
         if name.endswith("/propose"):
@@ -460,7 +472,7 @@ def group_metrics(summaries):
     return metrics
 
 
-def save_checkpoint(run_dir, model, tokenizer, optimizer, step, rank):
+def save_checkpoint(run_dir, model, tokenizer, prompt_format, optimizer, step, rank):
     """An HF checkpoint directory (eval.py --model and transformers read it) plus optimizer state, RNG
     states and step, swapped in atomically."""
     if isinstance(optimizer, ZeroRedundancyOptimizer):
@@ -470,7 +482,7 @@ def save_checkpoint(run_dir, model, tokenizer, optimizer, step, rank):
     tmp, final = os.path.join(run_dir, "checkpoint.tmp"), os.path.join(run_dir, "checkpoint")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    save_hf_checkpoint(model, tokenizer, tmp)
+    save_hf_checkpoint(model, tokenizer, tmp, prompt_format=prompt_format)
     torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
     torch.save({"step": step, "python": random.getstate(), "torch": torch.get_rng_state()},
                os.path.join(tmp, "state.pt"))
@@ -511,7 +523,7 @@ def read_json_lines(path):
 
 
 def plot_run(run_dir):
-    """metrics.jsonl -> metrics.png: rewards per group, validity and solve rates."""
+    """metrics.jsonl -> metrics.png: per group, rewards, format rates, validity and solve rates."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -522,9 +534,10 @@ def plot_run(run_dir):
     if not os.path.isfile(path):
         sys.exit(f"azr: no metrics.jsonl in {run_dir}")
     rows = read_json_lines(path)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, (suffix, title) in zip(axes, [("reward", "mean reward"), ("validity_rate", "proposal validity"),
-                                          ("solve_rate", "solve rate")]):
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
+    panels = [("reward", "mean reward"), ("format_rate", "well-formed responses"),
+              ("validity_rate", "proposal validity"), ("solve_rate", "solve rate")]
+    for ax, (suffix, title) in zip(axes, panels):
         for key in sorted({k for row in rows for k in row if k.endswith("/" + suffix)}):
             steps_values = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
             if steps_values:
@@ -579,6 +592,24 @@ def load_buffers(run_dir, writable):
     return buffer_map
 
 
+def resolve_prompt_format(prompt_format, model_name, tokenizer):
+    """auto -> chat for the embedded instruct models and for checkpoints that record chat (ours), plain
+    otherwise: base checkpoints ship chat templates too, so a template alone must not switch the
+    paper's base-model runs to chat."""
+    if prompt_format == "auto":
+        prompt_format = recorded_prompt_format(model_name) or "plain"
+    if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        sys.exit(f"azr: --prompt-format chat, but the tokenizer of {model_name} has no chat template")
+    return prompt_format
+
+
+def learning_rate(cfg, step):
+    """Linear warm-up over the first lr_warmup_steps steps, then constant (the paper's schedule)."""
+    if step < cfg.lr_warmup_steps:
+        return cfg.lr * (step + 1) / cfg.lr_warmup_steps
+    return cfg.lr
+
+
 def train(cfg, sample_fn=generate):
     rank, world, device = setup_distributed(cfg)
     log = print if rank == 0 else (lambda *a, **k: None)
@@ -590,6 +621,8 @@ def train(cfg, sample_fn=generate):
         model, tokenizer = load_model(cfg.model, device=device, dtype=torch.float32)
     except (FileNotFoundError, ValueError) as error:  # a bad checkpoint: one line, no traceback
         sys.exit(f"azr: {error}")
+    cfg.prompt_format = resolve_prompt_format(cfg.prompt_format, cfg.model, tokenizer)
+    log(f"model {cfg.model}, prompt format {cfg.prompt_format}")
     model.activation_checkpointing = cfg.activation_checkpointing
     model.train()  # no dropout here: train mode only switches activation checkpointing on
     if rank == 0:
@@ -642,12 +675,14 @@ def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor,
     sampler.tokens, sampler.seconds, executor.seconds = 0, 0.0, 0.0
     rollouts, samples = collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world)
     update_started = time.time()
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = learning_rate(cfg, step)
     grad_norm = policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, device)
     update_seconds = time.time() - update_started
     summaries = [s for rank_summaries in all_gather([r.summary() for r in rollouts]) for s in rank_summaries]
     timing = all_gather((sampler.tokens, sampler.seconds))
     if rank == 0:
-        metrics = {"step": step + 1, **group_metrics(summaries), "grad_norm": grad_norm,
+        metrics = {"step": step + 1, **group_metrics(summaries), "grad_norm": grad_norm, "lr": learning_rate(cfg, step),
                    **{f"buffer/{t}": len(buffer_map[t]) for t in TASK_TYPES},
                    "tokens_per_s": sum(t for t, _ in timing) / max(1e-9, max(s for _, s in timing)),
                    "time/sampling": sampler.seconds, "time/execution": executor.seconds,
@@ -657,7 +692,7 @@ def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor,
             write_json_line(os.path.join(cfg.out, "samples.jsonl"), sample)
         log(step_summary(metrics, cfg.steps))
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-        save_checkpoint(cfg.out, model, sampler.tokenizer, optimizer, step + 1, rank)
+        save_checkpoint(cfg.out, model, sampler.tokenizer, cfg.prompt_format, optimizer, step + 1, rank)
 
 
 def step_summary(metrics, steps):
@@ -666,9 +701,13 @@ def step_summary(metrics, steps):
     def fmt(key, sign=""):
         return "  - " if metrics.get(key) is None else f"{metrics[key]:{sign}.2f}"
 
-    parts = [f"step {metrics['step']}/{steps}"] + [
-        f"{t[:3]} P {fmt(f'{t}/propose/reward', '+')} valid {fmt(f'{t}/propose/validity_rate')} "
-        f"S {fmt(f'{t}/solve/reward', '+')} acc {fmt(f'{t}/solve/solve_rate')}" for t in TASK_TYPES]
+    parts = [f"step {metrics['step']}/{steps}"]
+    for t in TASK_TYPES:
+        # the format rates make a collapse visible at once: a group that is all malformed has zero
+        # reward variance, so TRR++ gives it no gradient to recover with
+        parts.append(f"{t[:3]} P {fmt(f'{t}/propose/reward', '+')} fmt {fmt(f'{t}/propose/format_rate')} "
+                     f"valid {fmt(f'{t}/propose/validity_rate')} S {fmt(f'{t}/solve/reward', '+')} "
+                     f"fmt {fmt(f'{t}/solve/format_rate')} acc {fmt(f'{t}/solve/solve_rate')}")
     return " | ".join(parts + ["buf " + "/".join(str(metrics[f"buffer/{t}"]) for t in TASK_TYPES),
                                f"{metrics['tokens_per_s']:.0f} tok/s",
                                f"sample {metrics['time/sampling']:.0f}s exec {metrics['time/execution']:.0f}s "
@@ -683,9 +722,11 @@ def main(argv=None):
         sys.exit(f"azr: --device must be auto, cpu or cuda, not {cfg.device!r}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         sys.exit("azr: --device cuda but CUDA is not available")
-    if cfg.model != "smollm2-135m" and not os.path.isfile(os.path.join(cfg.model, "config.json")):
+    if cfg.model not in EMBEDDED_MODELS and not os.path.isfile(os.path.join(cfg.model, "config.json")):
         sys.exit(f"azr: --model {cfg.model}: not an HF checkpoint directory (no config.json); "
-                 "pass one, or smollm2-135m for the embedded model")
+                 f"pass one, or an embedded model: {', '.join(EMBEDDED_MODELS)}")
+    if cfg.prompt_format not in ("auto",) + buffers.PROMPT_FORMATS:
+        sys.exit(f"azr: --prompt-format must be auto, chat or plain, not {cfg.prompt_format!r}")
     for task_type in TASK_TYPES if cfg.seed_from else ():
         if not os.path.isfile(os.path.join(cfg.seed_from, "seeds", f"{task_type}.jsonl")):
             sys.exit(f"azr: --seed-from {cfg.seed_from}: no seeds/{task_type}.jsonl there")

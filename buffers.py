@@ -1,4 +1,4 @@
-"""AZR's tasks: data types, buffers, prompts, response parsing, validation and rewards (spec 1-5, 9).
+"""AZR's tasks: data types, buffers, prompts, response parsing, validation and rewards.
 
 The task design in a few lines. A *program* is Python source defining `f`; an *input* is the source of
 an argument list (`[1, 2], 'abc'`); an *output* is `repr(f(input))`, computed by the executor, never by
@@ -10,10 +10,11 @@ the model. One model plays two roles on three task types:
                                                                  that also fits the 5 hidden pairs
 
 Every response continues the prompt's open `<think>`, must close it, then answer inside
-`<answer> </answer>` with the payload in fenced blocks (```python, ```input, ```output, ```message).
-Rewards (eq. 6): a malformed response or unparseable payload gets -1, a well-formed but wrong one -0.5
-(solver: incorrect; proposer: the task fails validation), otherwise the solver gets 1 and the
-proposer gets its task's learnability 1 - s for a solve rate 0 < s < 1, else 0 (eq. 4).
+`<answer> </answer>` with the payload in fenced blocks (```python, ```input, ```output, ```message);
+a solver answer without the expected fence is its payload as a whole.
+Rewards (eq. 6, with the authors' mapping): a malformed response or unparseable payload gets -1.
+Solver: correct 1, wrong -0.5. Proposer: an invalid task -1; a valid task that the solver's rollouts
+solve always or never -0.5; otherwise its learnability 1 - s for the solve rate s (eq. 4).
 Valid proposals go to per-type buffers (append-only JSONL) that supply references and solver tasks.
 
 Nothing model-written is evaluated here: code and inputs are only checked with `ast.parse`, and all
@@ -76,9 +77,12 @@ class InductionTask:
 
 @dataclass
 class Rewards:
-    """The composite-reward constants of eq. 6 (the trainer's config passes its values in)."""
+    """The composite-reward constants of eq. 6 as the authors' code applies them (the trainer's config
+    passes its values in)."""
     format_error: float = -1.0  # not well-formatted, or the payload cannot be parsed
-    wrong: float = -0.5  # well-formatted but wrong / invalid
+    wrong: float = -0.5  # solver: well-formatted but wrong
+    invalid: float = -1.0  # proposer: well-formatted, but the task fails validation
+    unlearnable: float = -0.5  # proposer: valid, but every or no learnability rollout solved it
 
 
 def _task_key(task) -> tuple:
@@ -192,7 +196,15 @@ class TaskBuffer:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Prompts (spec 3): one plain-text template, no chat template, so base models work too.
+# Prompts. The task text is the same for every model; how it is wrapped depends on the prompt format:
+#   plain: the paper's template for base models, "{system}\nUser: {task}\nAssistant: <think>";
+#   chat:  the same system line and task in the tokenizer's chat template, the assistant turn opened
+#          with "<think>". Instruct models ignore the plain template (0 of 16 well-formed responses
+#          measured for Qwen2.5-Coder-0.5B-Instruct) but follow their own chat turns.
+# Every task text ends with one short worked example of a complete, well-formed response (our own
+# trivial program): small models copy the shape of an example far more reliably than a description.
+
+PROMPT_FORMATS = ("chat", "plain")
 
 SYSTEM_LINE = ("A conversation between User and Assistant. The Assistant first thinks step by step "
                "inside <think> </think>, then gives its final answer inside <answer> </answer>.")
@@ -201,9 +213,17 @@ INPUT_FORMAT = ("An input is the argument list that goes between the parentheses
                 "e.g. [1, 2, 3], 'abc' calls f with two arguments.")
 
 
-def format_prompt(task_text: str) -> str:
-    """Wrap a task in the template; the response continues the open <think>."""
-    return f"{SYSTEM_LINE}\nUser: {task_text}\nAssistant: <think>"
+def format_prompt(task_text: str, prompt_format: str = "plain", tokenizer=None) -> str:
+    """Wrap a task text for the model; the response continues the open <think>."""
+    if prompt_format == "plain":
+        return f"{SYSTEM_LINE}\nUser: {task_text}\nAssistant: <think>"
+    if prompt_format != "chat":
+        raise ValueError(f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, not {prompt_format!r}")
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the chat prompt format needs a tokenizer with a chat template")
+    messages = [{"role": "system", "content": SYSTEM_LINE}, {"role": "user", "content": task_text}]
+    opened = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return opened + "<think>"
 
 
 def _fence(tag: str, body: str) -> str:
@@ -214,11 +234,39 @@ def _answer_format(tag: str, body: str) -> str:
     return f"<answer>\n{_fence(tag, body)}\n</answer>"
 
 
+def _example(thinking: str, answer_blocks: str) -> str:
+    """A worked example of one complete response, as the model should write it."""
+    return ("Example of a complete response to a different task:\n"
+            f"<think>{thinking}</think>\n<answer>\n{answer_blocks}\n</answer>")
+
+
+EXAMPLE_PROGRAM = "def f(words):\n    total = 0\n    for w in words:\n        total += len(w)\n    return total"
+
+PROPOSER_EXAMPLE = _example(
+    "I will sum the lengths of the words: the solver has to count letters word by word.",
+    _fence("python", EXAMPLE_PROGRAM) + "\n" + _fence("input", "['ab', 'cde']"))
+
+INDUCTION_PROPOSER_EXAMPLE = _example(
+    "f squares its argument. Varied inputs, including negatives and zero, reveal that.",
+    "\n".join(_fence("input", i) for i in ("0", "1", "-2", "3", "-4", "5", "6", "-7", "10", "12"))
+    + "\n" + _fence("message", "Think of multiplying a number by itself."))
+
+SOLVER_EXAMPLES = {
+    "deduction": _example("f adds up the lengths of the words. For ['ab', 'cde']: total = 0 + 2 = 2, "
+                          "then 2 + 3 = 5, so it returns 5.",
+                          _fence("output", "5")),
+    "abduction": _example("f returns the total length of the words. For 5 I need words with 5 letters "
+                          "in all, e.g. ['ab', 'cde'].", _fence("input", "['ab', 'cde']")),
+    "induction": _example("Every output is 3 more than its input.", _fence("python", "def f(x):\n    return x + 3")),
+}
+
+
 def _rules(banned) -> str:
     return (
         "Rules (a checker enforces them):\n"
-        "- Define a function named f with at least one parameter that returns a value.\n"
-        "- Put imports and helper functions at the top, before f.\n"
+        "- Write exactly one function, named f, with at least one parameter, that returns a value. "
+        "No other def anywhere: no helper functions, no nested functions, no classes with methods.\n"
+        "- Put any imports at the top, before f.\n"
         "- f must be deterministic: no randomness, date or time, file or network I/O, printing, "
         "or other external state.\n"
         # sorted: the executor may hold the list as a set, and every DDP rank must build the same prompt
@@ -228,48 +276,50 @@ def _rules(banned) -> str:
 
 
 def proposer_prompt(task_type: str, references, banned=BANNED_MODULES) -> str:
-    """deduction/abduction: references is a list of Triplets; induction: one Triplet (or program)."""
+    """The proposer's task text. deduction/abduction: references is a list of Triplets; induction: one
+    Triplet (or program)."""
     if task_type == "induction":
         program = references.program if isinstance(references, Triplet) else references
-        return format_prompt(
+        return (
             "Here is a Python function:\n" + _fence("python", program) + "\nf(<input goes here>)\n\n"
             f"Write {N_IO} different inputs for f that give diverse outputs and together reveal what "
             f"f does. {INPUT_FORMAT} Put each input in its own ```input block. Then write a short "
             "hint in a ```message block that helps someone guess f from input/output examples "
             "without showing the code.\n\n"
             "Answer format:\n<answer>\n" + _fence("input", "...") + "\n(10 input blocks in all)\n"
-            + _fence("message", "...") + "\n</answer>")
+            + _fence("message", "...") + "\n</answer>\n\n" + INDUCTION_PROPOSER_EXAMPLE)
     goal = {"deduction": "predicting its output from the code and the input",
             "abduction": "finding an input that produces its output"}[task_type]
-    shown = "\n\n".join(
-        f"Reference {n}:\n" + _fence("python", t.program) + "\n" + _fence("input", t.input) + "\n"
-        + _fence("output", t.output) for n, t in enumerate(references, 1))
-    return format_prompt(
+    shown = []
+    for number, reference in enumerate(references, 1):
+        shown.append(f"Reference {number}:\n" + _fence("python", reference.program) + "\n"
+                     + _fence("input", reference.input) + "\n" + _fence("output", reference.output))
+    return (
         "Create a new Python program f and one input for it, so that " + goal + " needs several "
         "steps of reasoning. Make it different from the references.\n\n" + _rules(banned) + "\n\n"
-        + shown + "\n\nAnswer format:\n<answer>\n" + _fence("python", "def f(...):\n    ...") + "\n"
-        + _fence("input", "...") + "\n</answer>")
+        + "\n\n".join(shown) + "\n\nAnswer format:\n<answer>\n" + _fence("python", "def f(...):\n    ...")
+        + "\n" + _fence("input", "...") + "\n</answer>\n\n" + PROPOSER_EXAMPLE)
 
 
 def solver_prompt(task_type: str, task) -> str:
-    """deduction/abduction: task is a Triplet; induction: an InductionTask."""
+    """The solver's task text. deduction/abduction: task is a Triplet; induction: an InductionTask."""
     if task_type == "deduction":
-        return format_prompt(
+        return (
             "Predict what this Python function returns for the given input.\n\n"
             + _fence("python", task.program) + "\n" + _fence("input", task.input) + "\n\n"
             "Answer with the returned value written as a Python literal:\n"
-            + _answer_format("output", "..."))
+            + _answer_format("output", "...") + "\n\n" + SOLVER_EXAMPLES["deduction"])
     if task_type == "abduction":
-        return format_prompt(
+        return (
             "Find an input for which this Python function returns the given output.\n\n"
             + _fence("python", task.program) + "\n" + _fence("output", task.output) + "\n\n"
             f"{INPUT_FORMAT} Any input that produces the output is correct. Answer with the input:\n"
-            + _answer_format("input", "..."))
+            + _answer_format("input", "...") + "\n\n" + SOLVER_EXAMPLES["abduction"])
     examples = "\n".join(_fence("input", i) + "\n" + _fence("output", o) for i, o in task.shown_pairs)
-    return format_prompt(
+    return (
         "Write the Python function f that maps each input to its output in these examples.\n\n"
         f"Hint: {task.message}\n\n{examples}\n\nf will also be tested on other inputs. Answer with "
-        "its code:\n" + _answer_format("python", "def f(...):\n    ..."))
+        "its code:\n" + _answer_format("python", "def f(...):\n    ...") + "\n\n" + SOLVER_EXAMPLES["induction"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -290,8 +340,10 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _FENCE = re.compile(r"```[ \t]*([A-Za-z]+)[ \t\r]*\n(.*?)```", re.DOTALL)
 
 
-def _check_program(src: str) -> str:
-    """"" if src parses and defines f at top level, else the reason."""
+def _check_program(src: str, one_function: bool = False) -> str:
+    """"" if src parses and defines f at top level, else the reason. With one_function (proposals, as
+    in the authors' code) f must be the only def in the whole syntax tree: no helpers, nested functions
+    or methods; lambdas, top-level imports and constants stay allowed."""
     if len(src) > MAX_PROGRAM_CHARS:
         return "payload_too_long"
     try:
@@ -300,6 +352,13 @@ def _check_program(src: str) -> str:
         return "syntax"
     if not any(isinstance(node, ast.FunctionDef) and node.name == "f" for node in tree.body):
         return "no_f"
+    if one_function:
+        defs = 0
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                defs += 1
+        if defs > 1:
+            return "more_than_one_def"
     return ""
 
 
@@ -359,7 +418,7 @@ def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
             return fail("no_python_fence")
         if not inputs:
             return fail("no_input_fence")
-        reason = _check_program(programs[-1]) or _check_input(inputs[-1])
+        reason = _check_program(programs[-1], one_function=True) or _check_input(inputs[-1])
         payload = {"program": programs[-1], "input": inputs[-1]}
         return fail(reason) if reason else Parsed(True, "", answer, payload)
     if role == "propose":  # induction: the last N_IO input fences and a message
@@ -380,10 +439,16 @@ def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
                   "abduction": ("input", _check_input),
                   "induction": ("python", _check_program)}[task_type]
     found = _fences(answer, tag)
-    if not found:
-        return fail(f"no_{tag}_fence")
-    reason = check(found[-1])
-    return fail(reason) if reason else Parsed(True, "", answer, found[-1])
+    if found:
+        payload = found[-1]
+    else:
+        # No fence of the expected kind: the whole answer is the payload, as in the authors' code
+        # (<answer>[1, 9]</answer> is a deduction answer).
+        payload = textwrap.dedent(answer).strip()
+    if not payload:
+        return fail("empty_answer")
+    reason = check(payload)
+    return fail(reason) if reason else Parsed(True, "", answer, payload)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -488,21 +553,26 @@ def score_solutions(executor, task_type: str, tasks: list, responses: list[str],
     return solutions
 
 
-def _learnability_of_rate(s: float) -> float:
-    return 1.0 - s if 0.0 < s < 1.0 else 0.0
-
-
 def learnability(outcomes) -> float:
     """Eq. 4: 1 - s for the mean solve rate s of the solver rollouts, 0 if s is 0 or 1 (too hard or
     trivial tasks teach nothing)."""
-    outcomes = [float(o) for o in outcomes]
-    return _learnability_of_rate(sum(outcomes) / len(outcomes)) if outcomes else 0.0
+    if not outcomes:
+        return 0.0
+    solve_rate = sum(float(o) for o in outcomes) / len(outcomes)
+    if 0.0 < solve_rate < 1.0:
+        return 1.0 - solve_rate
+    return 0.0
 
 
 def proposer_reward(proposal: Proposal, solve_rate: float | None, rewards: Rewards = Rewards()) -> float:
-    """Eq. 6 for a proposer: -1 malformed, -0.5 invalid task, else learnability of the solve rate."""
+    """Eq. 6 for a proposer, with the authors' mapping: -1 malformed or invalid, -0.5 for a valid task
+    that is trivial or impossible for the solver (s = 1 or s = 0), else the learnability 1 - s (eq. 4).
+    A valid task without a measured solve rate (its solver prompt was too long to roll out) counts as
+    unlearnable."""
     if not proposal.parsed.ok:
         return rewards.format_error
     if not proposal.valid:
-        return rewards.wrong
-    return _learnability_of_rate(solve_rate)
+        return rewards.invalid
+    if solve_rate is None or not 0.0 < solve_rate < 1.0:  # NaN fails the comparison too
+        return rewards.unlearnable
+    return 1.0 - solve_rate

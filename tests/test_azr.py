@@ -141,10 +141,10 @@ def test_two_steps_end_to_end(tiny_checkpoint, tmp_path):
         assert m["deduction/solve/reward"] == pytest.approx(0.25)
         assert m["deduction/solve/solve_rate"] == pytest.approx(0.5)
         assert m["deduction/propose/reward"] == pytest.approx(-0.25)
-        assert m["deduction/propose/format_error_rate"] == pytest.approx(0.5)
+        assert m["deduction/propose/format_rate"] == pytest.approx(0.5)
         for task_type in ("deduction", "abduction"):
             assert m[f"{task_type}/propose/validity_rate"] == pytest.approx(0.5)
-        assert m["induction/propose/format_error_rate"] == pytest.approx(0.5)
+        assert m["induction/propose/format_rate"] == pytest.approx(0.5)
     # seeding plus two steps of valid proposals grew every buffer, on disk too
     for task_type in TASK_TYPES:
         assert len(buffer_map[task_type]) > 1

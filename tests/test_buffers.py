@@ -57,10 +57,14 @@ DEDUCTION_SOLVE = [
     ("unclosed </answer>", SORT, " ok</think>\n<answer>\n" + fence("output", "[1, 2]"), -1.0),
     ("text between think and answer", SORT, " ok</think> so: <answer>" + fence("output", "[1, 2]") + "</answer>",
      -1.0),
-    ("no fence", SORT, respond("[1, 2]"), -1.0),
-    ("untagged fence", SORT, answer("", "[1, 2]"), -1.0),
-    ("wrong fence tag", SORT, answer("python", "[1, 2]"), -1.0),
-    ("unclosed fence", SORT, respond("```output\n[1, 2]"), -1.0),
+    # without an ```output fence the whole answer is the prediction (the authors' semantics)
+    ("no fence", SORT, respond("[1, 2]"), 1.0),
+    ("no fence, inline", SORT, " sorted</think><answer>[1,2]</answer>", 1.0),
+    ("no fence, wrong", SORT, respond("The answer is [1, 2]"), -0.5),
+    ("untagged fence", SORT, answer("", "[1, 2]"), -0.5),
+    ("wrong fence tag", SORT, answer("python", "[1, 2]"), -0.5),
+    ("unclosed fence", SORT, respond("```output\n[1, 2]"), -0.5),
+    ("empty answer", SORT, respond("  \n "), -1.0),
     ("doubled fences, last correct", SORT, respond(fence("output", "[3]") + "\n" + fence("output", "[1, 2]")), 1.0),
     ("doubled fences, last wrong", SORT, respond(fence("output", "[1, 2]") + "\n" + fence("output", "[3]")), -0.5),
     ("extra text after </answer>", SORT, answer("output", "[1, 2]") + "\nHope this helps! </think>", 1.0),
@@ -84,8 +88,10 @@ ABDUCTION_SOLVE = [
     ("wrong", SORT, answer("input", "[5, 6], 2"), -0.5),
     ("wrong arity", SORT, answer("input", "[1, 2]"), -0.5),
     ("no </think>", SORT, "<answer>" + fence("input", "[3, 1, 2], 2") + "</answer>", -1.0),
-    ("no fence", SORT, respond("[3, 1, 2], 2"), -1.0),
+    ("no fence", SORT, respond("[3, 1, 2], 2"), 1.0),
+    ("no fence, not an argument list", SORT, respond("The input is [3, 1, 2], 2"), -1.0),
     ("output fence instead", SORT, answer("output", "[3, 1, 2], 2"), -1.0),
+    ("empty answer", SORT, respond(""), -1.0),
     ("doubled fences, last correct", SORT, respond(fence("input", "[9], 1") + fence("input", "[1, 2], 2")), 1.0),
     ("extra text after </answer>", SORT, answer("input", "[1, 2], 2") + " <answer>oops", 1.0),
     ("unicode", UNICODE, answer("input", "'héllo wörld ✓'"), 1.0),
@@ -109,7 +115,9 @@ INDUCTION_SOLVE = [
     ("banned import", AFFINE, answer("python", "import os\ndef f(x):\n    return 2 * x + 1"), -0.5),
     ("syntax error", AFFINE, answer("python", "def f(x)\n    return 2 * x + 1"), -1.0),
     ("no f", AFFINE, answer("python", "def g(x):\n    return 2 * x + 1"), -1.0),
-    ("no fence", AFFINE, respond("def f(x):\n    return 2 * x + 1"), -1.0),
+    ("no fence", AFFINE, respond("def f(x):\n    return 2 * x + 1"), 1.0),
+    ("no fence, prose", AFFINE, respond("f doubles and adds one"), -1.0),
+    ("empty answer", AFFINE, respond(" "), -1.0),
     ("no <answer>", AFFINE, " easy</think>\n" + fence("python", "def f(x):\n    return 2 * x + 1"), -1.0),
     ("unicode", AFFINE, answer("python", "def f(x):\n    \"\"\"× 2 + 1 ✓\"\"\"\n    return 2 * x + 1"), 1.0),
     ("enormous answer", AFFINE, answer("python", "def f(x):\n    return 2 * x + 1\n" + "#" * 20_000), -1.0),
@@ -132,7 +140,7 @@ def test_solver_table(executor):
 
 def test_solver_rewards_come_from_config(executor):
     rewards = Rewards(format_error=-3.0, wrong=-0.25)
-    responses = [answer("output", "[1, 2]"), answer("output", "[2]"), respond("[1, 2]")]
+    responses = [answer("output", "[1, 2]"), answer("output", "[2]"), respond(" ")]
     got = [s.reward for s in score_solutions(executor, "deduction", [SORT] * 3, responses, rewards)]
     assert got == [1.0, -0.25, -3.0]
 
@@ -144,19 +152,29 @@ def propose(program, inp="5"):
     return respond(fence("python", program) + "\n" + fence("input", inp), think=" A new task.\n")
 
 
-GOOD = "def helper(n):\n    return n * (n + 1) // 2\n\ndef f(x):\n    return [helper(i) for i in range(x)]"
+GOOD = "import math\n\nSCALE = 2\n\ndef f(x):\n    tri = lambda n: n * (n + 1) // SCALE\n    return [tri(i) for i in range(x)]"
 COUNTER = "calls = [0]\n\ndef f(x):\n    calls[0] += 1\n    return x + calls[0]"
 TRIPLET_PROPOSE = [
     ("valid", propose(GOOD), 0.75, "ok"),
     ("valid, unicode", propose("def f(s):\n    return s.upper() + '✓'", "'größe'"), 0.75, "ok"),
     ("valid, extra text after </answer>", propose(GOOD) + "\nThat is my task.", 0.75, "ok"),
-    ("banned import", propose("import random\n\ndef f(x):\n    return x"), -0.5, "banned"),
-    ("banned import inside f", propose("def f(x):\n    import os.path\n    return x"), -0.5, "banned"),
-    ("non-deterministic", propose(COUNTER), -0.5, "nondeterministic"),
-    ("infinite loop", propose("def f(x):\n    while True:\n        x += 1\n    return x"), -0.5, "timeout"),
-    ("prints instead of returning", propose("def f(x):\n    print(x * 2)"), -0.5, "returns_none"),
-    ("raises", propose("def f(x):\n    return x[0]"), -0.5, "error"),
-    ("output too long", propose("def f(x):\n    return 'ab' * 1000 * x"), -0.5, "too_long"),
+    # invalid proposals get -1, as malformed ones do (the authors' mapping)
+    ("banned import", propose("import random\n\ndef f(x):\n    return x"), -1.0, "banned"),
+    ("banned import inside f", propose("def f(x):\n    import os.path\n    return x"), -1.0, "banned"),
+    ("non-deterministic", propose(COUNTER), -1.0, "nondeterministic"),
+    ("infinite loop", propose("def f(x):\n    while True:\n        x += 1\n    return x"), -1.0, "timeout"),
+    ("prints instead of returning", propose("def f(x):\n    print(x * 2)"), -1.0, "returns_none"),
+    ("raises", propose("def f(x):\n    return x[0]"), -1.0, "error"),
+    ("output too long", propose("def f(x):\n    return 'ab' * 1000 * x"), -1.0, "too_long"),
+    # exactly one def in the whole program: f
+    ("helper function", propose("def g(n):\n    return n + 1\n\ndef f(x):\n    return g(x)"), -1.0,
+     "more_than_one_def"),
+    ("nested function", propose("def f(x):\n    def g(n):\n        return n + 1\n    return g(x)"), -1.0,
+     "more_than_one_def"),
+    ("class with a method", propose("class A:\n    def v(self):\n        return 1\n\ndef f(x):\n    return x + A().v()"),
+     -1.0, "more_than_one_def"),
+    ("async helper", propose("async def g():\n    return 1\n\ndef f(x):\n    return x"), -1.0, "more_than_one_def"),
+    ("class without methods", propose("class P:\n    k = 3\n\ndef f(x):\n    return x * P.k"), 0.75, "ok"),
     ("syntax error", propose("def f(x):\n    return (x"), -1.0, "syntax"),
     ("no f", propose("def g(x):\n    return x"), -1.0, "no_f"),
     ("no input fence", answer("python", GOOD), -1.0, "no_input_fence"),
@@ -196,10 +214,10 @@ INDUCTION_PROPOSE = [
     ("9 inputs", induction_proposal(AFFINE_INPUTS[:9]), -1.0, "few_inputs"),
     ("no message", induction_proposal(AFFINE_INPUTS, None), -1.0, "no_message_fence"),
     ("empty message", induction_proposal(AFFINE_INPUTS, "  "), -1.0, "empty_message"),
-    ("duplicate inputs", induction_proposal(AFFINE_INPUTS[:9] + ["0"]), -0.5, "duplicate_inputs"),
-    ("duplicate inputs up to spacing", induction_proposal(["(%d, 1)" % i for i in range(9)] + ["(0,1)"]), -0.5,
+    ("duplicate inputs", induction_proposal(AFFINE_INPUTS[:9] + ["0"]), -1.0, "duplicate_inputs"),
+    ("duplicate inputs up to spacing", induction_proposal(["(%d, 1)" % i for i in range(9)] + ["(0,1)"]), -1.0,
      "duplicate_inputs"),
-    ("one input raises", induction_proposal(AFFINE_INPUTS[:9] + ["'a'"]), -0.5, "error"),
+    ("one input raises", induction_proposal(AFFINE_INPUTS[:9] + ["'a'"]), -1.0, "error"),
     ("unparseable input", induction_proposal(AFFINE_INPUTS[:9] + ["[1,"]), -1.0, "bad_input"),
     ("no </think>", "<answer>" + "".join(fence("input", i) for i in AFFINE_INPUTS) + "</answer>", -1.0, "no_think"),
     ("enormous message", induction_proposal(AFFINE_INPUTS, "x" * 50_000), -1.0, "payload_too_long"),
@@ -235,10 +253,15 @@ def test_learnability_and_proposer_reward():
     valid = buffers.Proposal(buffers.Parsed(True, ""), identity_triplet(), "ok")
     invalid = buffers.Proposal(buffers.Parsed(True, ""), None, "error")
     malformed = buffers.Proposal(buffers.Parsed(False, "no_think"), None, "no_think")
-    assert [proposer_reward(valid, s) for s in (0.0, 1 / 8, 7 / 8, 1.0)] == [0.0, 7 / 8, 1 / 8, 0.0]
-    rewards = Rewards(format_error=-2.0, wrong=-0.1)
-    assert proposer_reward(invalid, None, rewards) == -0.1
+    # valid but solved always or never: -0.5; no measured rate (prompt too long to roll out): the same
+    got = [proposer_reward(valid, s) for s in (0.0, 1 / 8, 7 / 8, 1.0, float("nan"), None)]
+    assert got == [-0.5, 7 / 8, 1 / 8, -0.5, -0.5, -0.5]
+    assert proposer_reward(invalid, 0.5) == -1.0
+    assert proposer_reward(malformed, 0.5) == -1.0
+    rewards = Rewards(format_error=-2.0, wrong=-0.1, invalid=-0.7, unlearnable=-0.3)
+    assert proposer_reward(invalid, None, rewards) == -0.7
     assert proposer_reward(malformed, None, rewards) == -2.0
+    assert proposer_reward(valid, 1.0, rewards) == -0.3
 
 
 class CountingExecutor:
@@ -292,13 +315,47 @@ def test_identity_seeds_are_valid(executor):
     assert [r.output for r in results] == [seed.output] + task.outputs
 
 
-def test_prompts():
+def test_prompt_formats(smollm2_tokenizer_dir):
+    from transformers import AutoTokenizer
     prompt = format_prompt("Do it.")
     assert prompt.endswith("User: Do it.\nAssistant: <think>") and "<answer> </answer>" in prompt
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    chat = format_prompt("Do it.", "chat", tokenizer)
+    # the system line and the task in the model's own turns, the assistant turn opened with <think>
+    assert chat.endswith("<|im_start|>assistant\n<think>")
+    assert "<|im_start|>system\n" + buffers.SYSTEM_LINE + "<|im_end|>" in chat
+    assert "<|im_start|>user\nDo it.<|im_end|>" in chat
+    with pytest.raises(ValueError, match="prompt format must be one of chat, plain"):
+        format_prompt("Do it.", "fancy", tokenizer)
+    with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
+        format_prompt("Do it.", "chat", None)
+
+
+def test_worked_examples_are_well_formed_and_correct(executor):
+    """Each prompt's example response must itself parse and score as the prompt asks (else it teaches
+    a format the checker rejects)."""
+    cases = [("deduction", "solve", buffers.SOLVER_EXAMPLES["deduction"]),
+             ("abduction", "solve", buffers.SOLVER_EXAMPLES["abduction"]),
+             ("induction", "solve", buffers.SOLVER_EXAMPLES["induction"]),
+             ("deduction", "propose", buffers.PROPOSER_EXAMPLE),
+             ("induction", "propose", buffers.INDUCTION_PROPOSER_EXAMPLE)]
+    for task_type, role, text in cases:
+        response = text.split("<think>", 1)[1]  # what the model writes after the prompt's <think>
+        assert parse_response(response, task_type, role).ok, (task_type, role)
+    task = Triplet(buffers.EXAMPLE_PROGRAM, "['ab', 'cde']", "5")
+    for task_type in ("deduction", "abduction"):
+        response = buffers.SOLVER_EXAMPLES[task_type].split("<think>", 1)[1]
+        [solution] = score_solutions(executor, task_type, [task], [response])
+        assert solution.correct, task_type
+    [proposal] = score_proposals(executor, "deduction", [buffers.PROPOSER_EXAMPLE.split("<think>", 1)[1]])
+    assert proposal.valid and proposal.task.output == "5"
+
+
+def test_prompts():
     references = [identity_triplet(), SORT]
     for task_type in ("deduction", "abduction"):
         text = proposer_prompt(task_type, references)
-        assert text.endswith("Assistant: <think>")
+        assert "no helper functions" in text and "Example of a complete response" in text
         assert "Reference 1:\n```python\ndef f(a):" in text and "Reference 2:\n```python\n" + SORT.program in text
         assert "```input\n[3, 1, 2], 2\n```\n```output\n[1, 2]\n```" in text
         assert all(module in text for module in BANNED_MODULES)
