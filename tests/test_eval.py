@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -256,6 +257,8 @@ def test_responses_to_generations():
 
 class TextTokenizer:
     """One token per text: lets a scripted sampler see whole prompts and return whole responses."""
+    chat_template = "(a stand-in: apply_chat_template below renders the turns)"
+
     def __init__(self):
         self.texts = []
 
@@ -263,14 +266,19 @@ class TextTokenizer:
         self.texts.append(text)
         return [len(self.texts) - 1]
 
+    def __call__(self, text, add_special_tokens=True):
+        return types.SimpleNamespace(input_ids=self.encode(text))
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return turns + "<|im_start|>assistant\n"
+
     def decode(self, tokens, skip_special_tokens=True):
         return "".join(self.texts[t] for t in tokens)
 
 
 def scripted_model(monkeypatch, answer_for):
     """Replaces model.py's loader and sampler: the response to each prompt is answer_for(prompt)."""
-    import types
-
     import model
     tokenizer = TextTokenizer()
     seen = []
@@ -301,7 +309,7 @@ def test_generate_mode_with_right_answers(monkeypatch, tmp_path, bench):
     ev.main(["--bench", bench, "--data", str(data), "--model", "scripted", "--n", "2",
              "--temperature", "1", "--batch-size", "3", "--out", str(out)])
     result = json.loads(out.read_text())
-    assert result["pass@1"] == 100.0 and len(result["responses"]) == 10
+    assert result["pass@1"] == 100.0 and len(result["responses"]) == 10 and result["format_rate"] == 100.0
     assert len(seen) == 10 and all(s.endswith("Assistant: <think>") for s in seen)
     shown = "```input" if bench == "cruxeval-o" else "```output"  # deduction sees the input, abduction the output
     assert all(shown in s for s in seen)
@@ -321,6 +329,32 @@ def test_generate_mode_code_and_math(monkeypatch, tmp_path):
 
 
 @needs_crux
+def test_format_rate_and_recorded_chat_format(monkeypatch, tmp_path):
+    """A checkpoint that records the chat format is prompted in chat turns without a flag; format_rate
+    counts the well-formed answers (here every other problem gets a malformed response)."""
+    problems = read(CRUX)[:4]
+    data = tmp_path / "crux.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"azr_prompt_format": "chat"}))
+
+    def answer_for(prompt):
+        index = next(i for i, p in enumerate(problems) if p["code"] in prompt)
+        if index % 2:
+            return "no closing tag, <answer>" + problems[index]["output"] + "</answer>"
+        return response("output", problems[index]["output"])
+    seen = scripted_model(monkeypatch, answer_for)
+    result = ev.main(["--bench", "cruxeval-o", "--data", str(data), "--model", str(checkpoint)])
+    assert all(s.endswith("<|im_start|>assistant\n<think>") for s in seen)
+    assert result["format_rate"] == 50.0 and result["pass@1"] == 50.0
+    seen.clear()
+    result = ev.main(["--bench", "cruxeval-o", "--data", str(data), "--model", str(checkpoint),
+                      "--prompt-format", "plain"])
+    assert all(s.endswith("Assistant: <think>") for s in seen)
+
+
+@needs_crux
 def test_generate_mode_tiny_random_model(tiny_checkpoint, tmp_path):
     """The real loader and sampler: a random model's answers are malformed, hence scored wrong."""
     data = tmp_path / "crux.jsonl"
@@ -329,6 +363,6 @@ def test_generate_mode_tiny_random_model(tiny_checkpoint, tmp_path):
     ev.main(["--bench", "cruxeval-i", "--data", str(data), "--model", str(tiny_checkpoint), "--n", "2",
              "--temperature", "1", "--max-new-tokens", "6", "--device", "cpu", "--out", str(out)])
     result = json.loads(out.read_text())
-    assert result["pass@1"] == 0.0 and result["pass@5"] is None
+    assert result["pass@1"] == 0.0 and result["pass@5"] is None and result["format_rate"] == 0.0
     assert [len(r) for r in result["responses"].values()] == [2, 2, 2]
     assert all(s == [False, False] for s in result["scores"].values())
