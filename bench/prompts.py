@@ -1,0 +1,99 @@
+"""How well a model follows the six (task type, role) prompts: well-formed and valid response counts.
+
+Samples `--samples` responses per group at the rollout temperature from prompts built exactly as the
+trainer builds them (references and tasks from a run's seed buffers, never from an evaluation set),
+then parses and validates them with the trainer's own scoring. Prints a Markdown table.
+
+    python bench/prompts.py --seeds runs/default/seeds --model qwen2.5-coder-0.5b-instruct
+"""
+import argparse
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import buffers  # noqa: E402
+from buffers import TASK_TYPES, TaskBuffer  # noqa: E402
+from executor import Executor  # noqa: E402
+from model import default_stop_ids, generate, load_model, recorded_prompt_format  # noqa: E402
+
+
+def task_texts(seed_buffers, task_type, role, count, num_references, rng):
+    """`count` (task text, what it was built from) pairs for one group, as the trainer draws them."""
+    triplets = seed_buffers["deduction"].items + seed_buffers["abduction"].items
+    jobs = []
+    for _ in range(count):
+        if role == "propose" and task_type == "induction":
+            program = rng.choice(triplets)
+            jobs.append((buffers.proposer_prompt(task_type, program), program))
+        elif role == "propose":
+            references = seed_buffers[task_type].sample(num_references, rng)
+            jobs.append((buffers.proposer_prompt(task_type, references), references))
+        else:
+            task = rng.choice(seed_buffers[task_type].items)
+            jobs.append((buffers.solver_prompt(task_type, task), task))
+    return jobs
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", required=True, help="a run's seeds/ folder ({deduction,abduction,induction}.jsonl)")
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="HF checkpoint dir or embedded model")
+    parser.add_argument("--prompt-format", default="auto", choices=("auto", "chat", "plain"),
+                        help="auto: what the model records (chat for the embedded models), else plain")
+    parser.add_argument("--samples", type=int, default=16, help="responses per (task type, role) group")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="response length limit")
+    parser.add_argument("--num-references", type=int, default=2, help="K for the proposer prompts")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--seed", type=int, default=0, help="seed of task drawing and sampling")
+    args = parser.parse_args()
+
+    seed_buffers = {}
+    for task_type in TASK_TYPES:
+        path = os.path.join(args.seeds, f"{task_type}.jsonl")
+        if not os.path.isfile(path):
+            sys.exit(f"bench/prompts.py: no {path}: pass a run's seeds/ folder")
+        seed_buffers[task_type] = TaskBuffer(path)
+    model, tokenizer = load_model(args.model)
+    prompt_format = args.prompt_format
+    if prompt_format == "auto":
+        prompt_format = recorded_prompt_format(args.model) or "plain"
+    rng = random.Random(args.seed)
+    rows = []
+    with Executor(timeout_s=2.0) as executor:
+        for task_type in TASK_TYPES:
+            for role in buffers.ROLES:
+                jobs = task_texts(seed_buffers, task_type, role, args.samples, args.num_references, rng)
+                prompts = [buffers.encode_prompt(tokenizer, text, prompt_format) for text, _ in jobs]
+                started = time.time()
+                samples = generate(model, prompts, args.max_new_tokens, temperature=args.temperature,
+                                   stop_ids=default_stop_ids(tokenizer), seed=args.seed)
+                texts = [tokenizer.decode(per_prompt[0].tokens, skip_special_tokens=True) for per_prompt in samples]
+                if role == "propose":
+                    programs = [source for _, source in jobs] if task_type == "induction" else None
+                    proposals = buffers.score_proposals(executor, task_type, texts, programs)
+                    well_formed = sum(p.parsed.ok for p in proposals)
+                    valid = sum(p.valid for p in proposals)
+                    failures = [p.status for p in proposals if not p.valid]
+                else:
+                    solutions = buffers.score_solutions(executor, task_type, [task for _, task in jobs], texts)
+                    well_formed = sum(s.parsed.ok for s in solutions)
+                    valid = sum(s.correct for s in solutions)
+                    failures = [s.status for s in solutions if not s.parsed.ok]
+                commonest = max(set(failures), key=failures.count) if failures else "-"
+                mean_prompt = sum(len(p) for p in prompts) / len(prompts)
+                rows.append((task_type, role, well_formed, valid, commonest, mean_prompt, time.time() - started))
+                print(f"{task_type}/{role}: {well_formed}/{args.samples} well-formed", flush=True)
+    print(f"\n{args.model}, prompt format {prompt_format}, T={args.temperature}, {args.max_new_tokens} new tokens, "
+          f"{args.samples} samples per group, tasks from {args.seeds}\n")
+    print("| task type | role | well-formed | valid (proposer) / correct (solver) | commonest failure | prompt tokens |")
+    print("|---|---|---:|---:|---|---:|")
+    for task_type, role, well_formed, valid, commonest, mean_prompt, _ in rows:
+        print(f"| {task_type} | {role} | {well_formed}/{args.samples} | {valid}/{args.samples} | {commonest} "
+              f"| {mean_prompt:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
