@@ -112,8 +112,33 @@ def test_presets_and_overrides():
     assert (gpu.batch_size, gpu.n_solve_samples, gpu.num_references, gpu.lr) == (64, 8, 6, 1e-6)
 
 
+def test_cpu_default_is_the_qwen_chat_model_with_warm_up():
+    cfg = azr.parse_config(["--device", "cpu"])
+    assert cfg.model == "qwen2.5-coder-0.5b-instruct" and cfg.prompt_format == "auto"
+    assert [azr.learning_rate(cfg, step) for step in range(4)] == [cfg.lr / 2, cfg.lr, cfg.lr, cfg.lr]
+    gpu = azr.parse_config(["--preset", "gpu"])
+    assert gpu.lr_warmup_steps == 0 and azr.learning_rate(gpu, 0) == gpu.lr  # the paper: constant lr
+
+
+def test_prompt_format_resolution(tiny_checkpoint, tmp_path):
+    _, tokenizer = load_model(str(tiny_checkpoint))
+    # a base checkpoint that ships a chat template still gets the paper's plain template under auto
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert azr.resolve_prompt_format("auto", str(tiny_checkpoint), tokenizer) == "plain"
+    assert azr.resolve_prompt_format("auto", "qwen2.5-coder-0.5b-instruct", tokenizer) == "chat"
+    assert azr.resolve_prompt_format("chat", str(tiny_checkpoint), tokenizer) == "chat"
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    (recorded / "config.json").write_text(json.dumps({"azr_prompt_format": "chat"}))
+    assert azr.resolve_prompt_format("auto", str(recorded), tokenizer) == "chat"
+    tokenizer.chat_template = None
+    with pytest.raises(SystemExit, match="has no chat template"):
+        azr.resolve_prompt_format("chat", str(tiny_checkpoint), tokenizer)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "/nonexistent/model"], "not an HF checkpoint directory"),
+    (["--prompt-format", "fancy"], "--prompt-format must be auto, chat or plain"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
     (["--out", "/proc/azr-run"], "cannot write to --out"),
     (["--resume", "/nonexistent/run"], "not a run directory"),
