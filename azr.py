@@ -612,7 +612,8 @@ def train(cfg, sample_fn=generate):
     rank, world, device = setup_distributed(cfg)
     log = print if rank == 0 else (lambda *a, **k: None)
     # rank 0 alone picks and checks the run directory; every rank stops on its error
-    cfg.out, error = all_gather((cfg.out, prepare_run_dir(cfg) if rank == 0 else None))[0]
+    error = prepare_run_dir(cfg) if rank == 0 else None  # sets cfg.out when it was not given
+    cfg.out, error = all_gather((cfg.out, error))[0]
     if error:
         sys.exit(error if rank == 0 else 1)
     try:

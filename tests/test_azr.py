@@ -136,6 +136,20 @@ def test_prompt_format_resolution(tiny_checkpoint, tmp_path):
         azr.resolve_prompt_format("chat", str(tiny_checkpoint), tokenizer)
 
 
+def test_default_run_directory_is_under_runs(tmp_path, monkeypatch):
+    """Without --out the run goes to runs/<timestamp>, never into the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+    def no_model(*args, **kwargs):
+        raise FileNotFoundError("stop here")
+    monkeypatch.setattr(azr, "load_model", no_model)
+    cfg = azr.parse_config(["--device", "cpu"])
+    with pytest.raises(SystemExit, match="stop here"):
+        azr.train(cfg)
+    assert cfg.out.startswith("runs" + os.sep) and os.path.isdir(tmp_path / cfg.out)
+    assert os.listdir(tmp_path) == ["runs"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "/nonexistent/model"], "not an HF checkpoint directory"),
     (["--prompt-format", "fancy"], "--prompt-format must be auto, chat or plain"),
