@@ -280,7 +280,8 @@ def propose(jobs_by_type, executor, sampler, seed, rank, world):
 def estimate_learnability(proposed, executor, sampler, cfg, seed):
     """{id(task): solve rate s} of every valid proposal over n_solve_samples rollouts (not trained on).
 
-    A task whose solver prompt is over max_prompt_tokens gets no rollouts: its s stays NaN (reward 0).
+    A task whose solver prompt is over max_prompt_tokens gets no rollouts: its s stays NaN, which
+    buffers.proposer_reward scores as unlearnable.
     """
     jobs = {t: [(p.task, sampler.encode(buffers.solver_prompt(t, p.task))) for _, _, p in items if p.valid]
             for t, items in proposed.items()}

@@ -570,17 +570,6 @@ def score_solutions(executor, task_type: str, tasks: list, responses: list[str],
     return solutions
 
 
-def learnability(outcomes) -> float:
-    """Eq. 4: 1 - s for the mean solve rate s of the solver rollouts, 0 if s is 0 or 1 (too hard or
-    trivial tasks teach nothing)."""
-    if not outcomes:
-        return 0.0
-    solve_rate = sum(float(o) for o in outcomes) / len(outcomes)
-    if 0.0 < solve_rate < 1.0:
-        return 1.0 - solve_rate
-    return 0.0
-
-
 def proposer_reward(proposal: Proposal, solve_rate: float | None, rewards: Rewards = Rewards()) -> float:
     """Eq. 6 for a proposer, with the authors' mapping: -1 malformed or invalid, -0.5 for a valid task
     that is trivial or impossible for the solver (s = 1 or s = 0), else the learnability 1 - s (eq. 4).

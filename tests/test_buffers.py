@@ -7,7 +7,7 @@ import pytest
 
 import buffers
 from buffers import (N_IO, InductionTask, Rewards, TaskBuffer, Triplet, format_prompt,
-                     identity_induction_task, identity_triplet, learnability, parse_response, proposer_prompt,
+                     identity_induction_task, identity_triplet, parse_response, proposer_prompt,
                      proposer_reward, score_proposals, score_solutions, solver_prompt)
 from executor import BANNED_MODULES, Executor
 
@@ -244,12 +244,7 @@ def test_induction_program_may_be_given_as_source(executor):
     assert proposal.valid and proposal.task.outputs == AFFINE.outputs
 
 
-def test_learnability_and_proposer_reward():
-    assert learnability([0] * 8) == 0.0  # never solved: too hard
-    assert learnability([1] * 8) == 0.0  # always solved: trivial
-    assert learnability([1] + [0] * 7) == pytest.approx(7 / 8)  # s = 1/8
-    assert learnability([True] * 7 + [False]) == pytest.approx(1 / 8)  # s = 7/8
-    assert learnability([]) == 0.0
+def test_proposer_reward_is_learnability_with_the_authors_mapping():
     valid = buffers.Proposal(buffers.Parsed(True, ""), identity_triplet(), "ok")
     invalid = buffers.Proposal(buffers.Parsed(True, ""), None, "error")
     malformed = buffers.Proposal(buffers.Parsed(False, "no_think"), None, "no_think")
