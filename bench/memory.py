@@ -1,8 +1,8 @@
 """Per-GPU memory of AZR training, worked out from parameter counts, per model, strategy and GPU count.
 
 For each config given (default: the published configs in the shared data/configs folder beside the
-repository), builds the model on the
-meta device to count parameters exactly, then prints a markdown table. P = parameters, N = GPUs:
+repository), builds the model on the meta device to count parameters exactly, then prints a markdown
+table. P = parameters, N = GPUs:
 
   static (resident all run):  fp32 master weights 4P and AdamW's two fp32 moments 8P, the moments
                               divided by N with --zero, everything divided by N with --fsdp;
