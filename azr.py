@@ -508,16 +508,23 @@ KV_CACHE_FREE_FRACTION = 0.5  # default share of the free GPU memory for the KV 
 def sampler_cache(cfg, config, device):
     """The run's KV cache, allocated once: rows of max_prompt_tokens + max_response_tokens slots. On
     CUDA the rows are what the budget holds (--kv-cache-gib, else half the memory free now), at most
-    generation_batch_size; on CPU generation_batch_size rows."""
+    generation_batch_size; on CPU generation_batch_size rows. The n_solve_samples rollouts of one
+    prompt are decoded together, so the cache holds at least that many."""
     capacity = cfg.max_prompt_tokens + cfg.max_response_tokens
     if device.type != "cuda":
-        return KVCache(config, cfg.generation_batch_size, capacity, torch.float32, device)
-    budget = cfg.kv_cache_gib * 2 ** 30 or KV_CACHE_FREE_FRACTION * torch.cuda.mem_get_info(device)[0]
+        rows = max(cfg.generation_batch_size, cfg.n_solve_samples)
+        return KVCache(config, rows, capacity, torch.float32, device)
+    if cfg.kv_cache_gib > 0:
+        budget = cfg.kv_cache_gib * 2 ** 30
+    else:
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        budget = KV_CACHE_FREE_FRACTION * free_bytes
     row_bytes = capacity * KVCache.bytes_per_token(config, torch.bfloat16)
     rows = min(cfg.generation_batch_size, int(budget // row_bytes))
-    if rows < 1:
-        sys.exit(f"azr: a KV cache of {budget / 2 ** 30:.1f} GiB holds no rollout of {capacity} tokens "
-                 f"({row_bytes / 2 ** 30:.2f} GiB); raise --kv-cache-gib or lower the token limits")
+    if rows < cfg.n_solve_samples:
+        sys.exit(f"azr: a KV cache of {budget / 2 ** 30:.1f} GiB holds {rows} rollouts of {capacity} tokens "
+                 f"({row_bytes / 2 ** 30:.2f} GiB each), fewer than --n-solve-samples {cfg.n_solve_samples}; "
+                 "raise --kv-cache-gib or lower the token limits")
     return KVCache(config, rows, capacity, torch.bfloat16, device, row_bucket=8, length_bucket=256, cuda_graphs=True)
 
 
