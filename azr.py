@@ -28,14 +28,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 import buffers
 from buffers import ROLES, TASK_TYPES, Rewards, TaskBuffer
 from executor import BANNED_MODULES, Executor
-from model import (CPU_DEFAULT_MODEL, EMBEDDED_MODELS, default_stop_ids, generate, load_model, recorded_prompt_format,
-                   save_hf_checkpoint)
+from model import (CPU_DEFAULT_MODEL, EMBEDDED_MODELS, KVCache, Transformer, default_stop_ids, generate, load_model,
+                   recorded_prompt_format, save_hf_checkpoint)
 from trr import policy_gradient_loss, trr_advantages
 
 
@@ -84,6 +89,8 @@ class Config:
     generation_batch_size: int = 128  # sequences decoded together (bounds the KV cache)
     activation_checkpointing: bool = True
     zero: bool = False  # shard AdamW state across ranks (ZeroRedundancyOptimizer)
+    fsdp: bool = False  # FSDP2: shard weights, gradients and AdamW state across ranks (7B/8B on 80 GB GPUs)
+    kv_cache_gib: float = 0.0  # sampler KV cache per GPU; 0: half the memory free after setup (CPU: unused)
 
 
 # Sized so `python azr.py` trains Qwen2.5-Coder-0.5B-Instruct on a 2-core CPU for about an hour and the
@@ -134,7 +141,7 @@ def setup_distributed(cfg):
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or cfg.fsdp) and not dist.is_initialized():  # FSDP needs a process group even alone
         dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     return rank, (dist.get_world_size() if dist.is_initialized() else 1), device
@@ -174,12 +181,14 @@ class Rollout:
 
 
 class Sampler:
-    """Turns task texts into prompt tokens (in the run's prompt format), decodes in bounded batches with
-    a progress bar, and counts tokens."""
+    """Turns task texts into prompt tokens (in the run's prompt format), decodes in batches that fill
+    the run's KV cache, with a progress bar, and counts tokens. `model` is the sampler's own copy of the
+    weights (sampler_model)."""
 
-    def __init__(self, model, tokenizer, cfg, device, sample_fn=generate):
+    def __init__(self, model, tokenizer, cfg, device, cache, sample_fn=generate):
         self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
         self.sample_fn, self.stop_ids = sample_fn, default_stop_ids(tokenizer)
+        self.cache = cache
         self.tokens, self.seconds = 0, 0.0  # sampled this step, for tokens/s
 
     def encode(self, task_text):
@@ -191,14 +200,13 @@ class Sampler:
     def __call__(self, prompts, n, seed, desc):
         """prompts: token-id lists -> for each prompt, n (tokens, text) responses."""
         start = time.time()
-        per_call = max(1, self.cfg.generation_batch_size // n)
+        per_call = max(1, self.cache.rows // n)
         results = []
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with autocast, tqdm(total=len(prompts) * n, desc=desc, unit="seq", leave=False) as bar:
+        with tqdm(total=len(prompts) * n, desc=desc, unit="seq", leave=False) as bar:
             for i in range(0, len(prompts), per_call):
                 samples = self.sample_fn(self.model, prompts[i:i + per_call], self.cfg.max_response_tokens,
                                          temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                         stop_ids=self.stop_ids, n=n, seed=seed + i)
+                                         stop_ids=self.stop_ids, n=n, seed=seed + i, cache=self.cache)
                 for group in samples:
                     results.append([(s.tokens, self.tokenizer.decode(s.tokens, skip_special_tokens=True))
                                     for s in group])
@@ -388,8 +396,8 @@ class TokenLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens):
-        return self.model.token_logprobs(tokens)
+    def forward(self, tokens, mask=None):
+        return self.model.token_logprobs(tokens, mask)
 
 
 def micro_batch(rollouts, device):
@@ -409,11 +417,16 @@ def accumulate_gradients(logprob_module, rollouts, advantages, num_tokens, world
     """Backward of the TRR++ loss over micro-batches; the gradient ends as for one big batch.
 
     DDP averages gradients over ranks, so each rank's loss is multiplied by the world size to turn
-    that average into the sum over ranks that L (divided by the global token count) needs. Only the
-    last micro-batch all-reduces; a rank without rollouts still joins it with a zero-weight pass.
+    that average into the sum over ranks that L (divided by the global token count) needs (FSDP's
+    reduce-scatter averages too). Under DDP only the last micro-batch all-reduces; a rank without
+    rollouts still joins it with a zero-weight pass. FSDP gathers each block's weights in every
+    micro-batch, so there every rank runs as many micro-batches as the busiest one.
     """
     order = sorted(range(len(rollouts)), key=lambda i: len(rollouts[i].prompt_tokens) + len(rollouts[i].response_tokens))
     batches = [order[i:i + cfg.micro_batch_size] for i in range(0, len(order), cfg.micro_batch_size)] or [[]]
+    if isinstance(logprob_module, FSDPModule):
+        most = max(all_gather(len(batches)))
+        batches += [[] for _ in range(most - len(batches))]
     is_ddp = isinstance(logprob_module, torch.nn.parallel.DistributedDataParallel)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for index, rows in enumerate(tqdm(batches, desc="update", leave=False)):
@@ -422,7 +435,7 @@ def accumulate_gradients(logprob_module, rollouts, advantages, num_tokens, world
             with autocast:
                 if rows:
                     tokens, mask = micro_batch([rollouts[i] for i in rows], device)
-                    logprobs = logprob_module(tokens).float()
+                    logprobs = logprob_module(tokens, mask).float()
                     loss = policy_gradient_loss(logprobs, advantages[rows].to(device), mask, num_tokens) * world
                 else:
                     loss = logprob_module(torch.zeros(1, 2, dtype=torch.long, device=device)).sum() * 0.0
@@ -445,7 +458,85 @@ def policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, 
                          cfg, device)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # the gradients' memory goes to the sampler's KV cache meanwhile
     return float(grad_norm)
+
+
+def shard_model(logprob_module, device, world):
+    """FSDP2 over the ranks: each decoder block is a unit, gathered for its forward and again for its
+    backward; the root unit holds the embedding, final norm and lm_head and keeps them gathered from
+    forward through backward, so the chunked log-probs (model.token_logprobs) reuse them for every
+    chunk. Master weights, gradients and AdamW state stay fp32 and sharded; CUDA computes in bf16 and
+    reduces gradients in fp32."""
+    mesh = init_device_mesh(device.type, (world,))
+    if device.type == "cuda":
+        precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        precision = MixedPrecisionPolicy()
+    for block in logprob_module.model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=precision)
+    fully_shard(logprob_module, mesh=mesh, mp_policy=precision, reshard_after_forward=False)
+    return logprob_module
+
+
+def full_weights(model):
+    """{name: full tensor} of every parameter, gathering FSDP shards one parameter at a time (every
+    rank must call it). Tied weights appear once."""
+    weights = {}
+    for name, param in model.named_parameters():
+        value = param.detach()
+        weights[name] = value.full_tensor() if isinstance(value, DTensor) else value
+    return weights
+
+
+def sampler_model(model, device):
+    """The sampler's permanent copy of the weights: bf16 on CUDA, so decoding never casts weights and
+    its tensors keep fixed addresses (CUDA graphs replay against them); fp32 on CPU."""
+    with torch.device("meta"):
+        copy = Transformer(model.config)
+    copy = copy.to(torch.bfloat16 if device.type == "cuda" else torch.float32).to_empty(device=device)
+    copy.tie_weights()
+    copy.requires_grad_(False)
+    refresh_sampler_model(copy, model)
+    return copy.eval()
+
+
+@torch.no_grad()
+def refresh_sampler_model(copy, model):
+    """Copy the trained weights into the sampler's copy in place (FSDP: one parameter gathered at a
+    time, cast to the copy's dtype before the gather, so bf16 travels)."""
+    targets = dict(copy.named_parameters())
+    for name, param in model.named_parameters():
+        value = param.detach().to(targets[name].dtype)
+        if isinstance(value, DTensor):
+            value = value.full_tensor()
+        targets[name].copy_(value)
+
+
+KV_CACHE_FREE_FRACTION = 0.5  # default share of the free GPU memory for the KV cache; the update needs the rest
+
+
+def sampler_cache(cfg, config, device):
+    """The run's KV cache, allocated once: rows of max_prompt_tokens + max_response_tokens slots. On
+    CUDA the rows are what the budget holds (--kv-cache-gib, else half the memory free now), at most
+    generation_batch_size; on CPU generation_batch_size rows. The n_solve_samples rollouts of one
+    prompt are decoded together, so the cache holds at least that many."""
+    capacity = cfg.max_prompt_tokens + cfg.max_response_tokens
+    if device.type != "cuda":
+        rows = max(cfg.generation_batch_size, cfg.n_solve_samples)
+        return KVCache(config, rows, capacity, torch.float32, device)
+    if cfg.kv_cache_gib > 0:
+        budget = cfg.kv_cache_gib * 2 ** 30
+    else:
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        budget = KV_CACHE_FREE_FRACTION * free_bytes
+    row_bytes = capacity * KVCache.bytes_per_token(config, torch.bfloat16)
+    rows = min(cfg.generation_batch_size, int(budget // row_bytes))
+    if rows < cfg.n_solve_samples:
+        sys.exit(f"azr: a KV cache of {budget / 2 ** 30:.1f} GiB holds {rows} rollouts of {capacity} tokens "
+                 f"({row_bytes / 2 ** 30:.2f} GiB each), fewer than --n-solve-samples {cfg.n_solve_samples}; "
+                 "raise --kv-cache-gib or lower the token limits")
+    return KVCache(config, rows, capacity, torch.bfloat16, device, row_bucket=8, length_bucket=256, cuda_graphs=True)
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -471,31 +562,56 @@ def group_metrics(summaries):
     return metrics
 
 
-def save_checkpoint(run_dir, model, tokenizer, prompt_format, optimizer, step, rank):
+def save_checkpoint(run_dir, model, logprob_module, tokenizer, prompt_format, optimizer, step, rank):
     """An HF checkpoint directory (eval.py --model and transformers read it) plus optimizer state, RNG
-    states and step, swapped in atomically."""
+    states and step, swapped in atomically. Under FSDP every rank writes its shard of the AdamW state
+    (optimizer/, torch.distributed.checkpoint) and the weights are gathered for rank 0 to write."""
+    tmp, final = os.path.join(run_dir, "checkpoint.tmp"), os.path.join(run_dir, "checkpoint")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    weights = model
+    if isinstance(logprob_module, FSDPModule):
+        dist.barrier()  # tmp exists before any rank writes into it
+        dcp.save(get_optimizer_state_dict(logprob_module, optimizer), checkpoint_id=os.path.join(tmp, "optimizer"))
+        weights = full_model(model)
     if isinstance(optimizer, ZeroRedundancyOptimizer):
         optimizer.consolidate_state_dict(to=0)
     if rank != 0:
         return
-    tmp, final = os.path.join(run_dir, "checkpoint.tmp"), os.path.join(run_dir, "checkpoint")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_hf_checkpoint(model, tokenizer, tmp, prompt_format=prompt_format)
-    torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+    save_hf_checkpoint(weights, tokenizer, tmp, prompt_format=prompt_format)
+    if not isinstance(logprob_module, FSDPModule):
+        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
     torch.save({"step": step, "python": random.getstate(), "torch": torch.get_rng_state()},
                os.path.join(tmp, "state.pt"))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
 
 
-def load_checkpoint(run_dir, model, optimizer, device):
-    """Restore the latest checkpoint; returns the step to continue from (0 without one)."""
+def full_model(model):
+    """A plain fp32 CPU Transformer with the gathered weights of a sharded one (every rank gathers)."""
+    state = {name: value.float().cpu() for name, value in full_weights(model).items()}
+    if model.config.tie_word_embeddings:
+        state["lm_head.weight"] = state["embed.weight"]
+    with torch.device("meta"):
+        copy = Transformer(model.config)
+    copy.load_state_dict(state, assign=True)
+    copy.tie_weights()  # assign=True replaced both parameters; share one again
+    return copy
+
+
+def load_checkpoint(run_dir, logprob_module, optimizer, device):
+    """Restore the optimizer state, RNG states and step of the latest checkpoint (its weights are the
+    model train() loaded); returns the step to continue from (0 without one)."""
     path = os.path.join(run_dir, "checkpoint")
     if not os.path.isdir(path):
         return 0
-    model.load_state_dict(load_model(path, device="cpu")[0].state_dict())
-    optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=device))
+    if isinstance(logprob_module, FSDPModule):
+        state = get_optimizer_state_dict(logprob_module, optimizer)
+        dcp.load(state, checkpoint_id=os.path.join(path, "optimizer"))
+        set_optimizer_state_dict(logprob_module, optimizer, state)
+    else:
+        optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=device))
     state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
@@ -617,8 +733,10 @@ def train(cfg, sample_fn=generate):
     cfg.out, error = all_gather((cfg.out, error))[0]
     if error:
         sys.exit(error if rank == 0 else 1)
+    checkpoint = os.path.join(cfg.out, "checkpoint")
+    resume_from = checkpoint if cfg.resume and os.path.isdir(checkpoint) else cfg.model
     try:
-        model, tokenizer = load_model(cfg.model, device=device, dtype=torch.float32)
+        model, tokenizer = load_model(resume_from, device=device, dtype=torch.float32)
     except (FileNotFoundError, ValueError) as error:  # a bad checkpoint: one line, no traceback
         sys.exit(f"azr: {error}")
     cfg.prompt_format = resolve_prompt_format(cfg.prompt_format, cfg.model, tokenizer)
@@ -629,15 +747,19 @@ def train(cfg, sample_fn=generate):
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=2)
     logprob_module = TokenLogprobs(model)
-    if world > 1:
+    if cfg.fsdp:
+        logprob_module = shard_model(logprob_module, device, world)
+    elif world > 1:
+        # gradient_as_bucket_view: gradients live in DDP's buckets instead of beside them (4 bytes/param).
         logprob_module = torch.nn.parallel.DistributedDataParallel(
-            logprob_module, device_ids=[device.index] if device.type == "cuda" else None)
+            logprob_module, device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True)
     adamw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     if cfg.zero and world > 1:
         optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, **adamw)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), **adamw)
-    start_step = load_checkpoint(cfg.out, model, optimizer, device) if cfg.resume else 0
+    start_step = load_checkpoint(cfg.out, logprob_module, optimizer, device) if cfg.resume else 0
     if cfg.resume and rank == 0:
         drop_logs_after(cfg.out, start_step)
 
@@ -646,7 +768,8 @@ def train(cfg, sample_fn=generate):
     with Executor(workers=workers, timeout_s=cfg.exec_timeout_s, memory_mb=cfg.exec_memory_mb,
                   banned_modules=BANNED_MODULES, max_output_chars=cfg.max_output_chars) as pool:
         executor = TimedExecutor(pool, chunk=8 * workers)
-        sampler = Sampler(model, tokenizer, cfg, device, sample_fn)
+        sampler = Sampler(sampler_model(model, device), tokenizer, cfg, device,
+                          sampler_cache(cfg, model.config, device), sample_fn)
         buffer_map = open_buffers(cfg, rank)
         if not os.path.isdir(os.path.join(cfg.out, "seeds")):
             seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log)
@@ -678,6 +801,7 @@ def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor,
     for param_group in optimizer.param_groups:
         param_group["lr"] = learning_rate(cfg, step)
     grad_norm = policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, device)
+    refresh_sampler_model(sampler.model, model)
     update_seconds = time.time() - update_started
     summaries = [s for rank_summaries in all_gather([r.summary() for r in rollouts]) for s in rank_summaries]
     timing = all_gather((sampler.tokens, sampler.seconds))
@@ -692,7 +816,8 @@ def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor,
             write_json_line(os.path.join(cfg.out, "samples.jsonl"), sample)
         log(step_summary(metrics, cfg.steps))
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-        save_checkpoint(cfg.out, model, sampler.tokenizer, cfg.prompt_format, optimizer, step + 1, rank)
+        save_checkpoint(cfg.out, model, logprob_module, sampler.tokenizer, cfg.prompt_format, optimizer, step + 1,
+                        rank)
 
 
 def step_summary(metrics, steps):
@@ -722,6 +847,10 @@ def main(argv=None):
         sys.exit(f"azr: --device must be auto, cpu or cuda, not {cfg.device!r}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         sys.exit("azr: --device cuda but CUDA is not available")
+    if cfg.fsdp and cfg.zero:
+        sys.exit("azr: --fsdp already shards the optimizer state; drop --zero")
+    if cfg.fsdp and "MASTER_ADDR" not in os.environ:
+        sys.exit("azr: --fsdp runs under torchrun, e.g. torchrun --nproc_per_node=8 azr.py --fsdp")
     if cfg.model not in EMBEDDED_MODELS and not os.path.isfile(os.path.join(cfg.model, "config.json")):
         sys.exit(f"azr: --model {cfg.model}: not an HF checkpoint directory (no config.json); "
                  f"pass one, or an embedded model: {', '.join(EMBEDDED_MODELS)}")

@@ -6,6 +6,7 @@ tables cast to the compute dtype), so logits match the reference to ~1e-6 in fp3
 make decoding cheaper and are undone nowhere because nothing needs HF names back: q/k/v are one fused
 Linear (`attn.qkv`) and gate/up are one fused Linear (`mlp.gate_up`).
 """
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2")
@@ -135,9 +137,16 @@ def rope_inv_freq(config: ModelConfig, device) -> torch.Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
+def rope_tables(config: ModelConfig, positions):
+    """positions (...) long -> cos, sin (..., head_dim) fp32."""
+    freqs = positions.float()[..., None] * rope_inv_freq(config, positions.device)
+    freqs = torch.cat((freqs, freqs), dim=-1)
+    return freqs.cos(), freqs.sin()
+
+
 def apply_rope(x, cos, sin):
-    """Rotate halves of the head dim (HF's rotate_half convention). x (..., D), cos/sin broadcastable fp32."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    """Rotate halves of the head dim (HF's rotate_half convention). x (..., D); cos/sin broadcastable and
+    already in x's dtype (`Transformer.hidden` casts them once per forward, not once per layer)."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -155,46 +164,86 @@ class RMSNorm(nn.Module):
 
 class KVCache:
     """Preallocated keys/values for `generate`, one (rows, kv_heads, capacity, head_dim) tensor per layer
-    and kind. Two modes, set by `generate` before each model call:
+    and kind, plus the RoPE tables for its capacity. One cache can serve a whole run: `generate` uses its
+    leading rows, and its tensors never move, which is what lets a CUDA graph replay the decode step.
+    Two modes, set by `generate` before each model call:
       prefill: `prompt_rows` (c,) prompt indices; the chunk's k/v go to rows prompt*n .. prompt*n+n-1,
                so the n samples of a prompt share one prefill.
       decode:  `positions` (rows,) where each row's new token sits; row b writes slot positions[b] and
-               attends slots 0..positions[b]; `length` (host int) bounds the slots any row can attend."""
+               attends slots 0..positions[b]; `length` (host int) bounds the slots any row can attend.
+    Decoding pads the live rows up to a multiple of `row_bucket` and the attended length up to a
+    multiple of `length_bucket`, so a run meets few distinct shapes: one CUDA graph each when
+    `cuda_graphs` is set (CUDA only); elsewhere the decode step runs eagerly."""
 
-    def __init__(self, config, rows, capacity, n, dtype, device):
+    def __init__(self, config, rows, capacity, dtype, device, n=1, row_bucket=1, length_bucket=1, cuda_graphs=False):
+        device = torch.device(device)
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"KVCache: CUDA graphs need a CUDA device, not {device}")
         # Zeros, not empty: masked slots still enter attention as 0 * value, and 0 * NaN garbage is NaN.
         shape = (rows, config.num_kv_heads, capacity, config.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
-        self.n, self.capacity = n, capacity
-        self.prompt_rows = self.positions = self.mask = None
+        self.rows = rows
+        self.capacity = capacity
+        self.n = n
+        self.row_bucket = row_bucket
+        self.length_bucket = length_bucket
+        self.cuda_graphs = cuda_graphs
+        cos, sin = rope_tables(config, torch.arange(capacity, device=device))  # (capacity, head_dim)
+        self.cos = cos.to(dtype)
+        self.sin = sin.to(dtype)
+        # The decode step's inputs (and, for graphs, its output) at fixed addresses.
+        self.step_tokens = torch.zeros(rows, dtype=torch.long, device=device)
+        self.step_positions = torch.zeros(rows, dtype=torch.long, device=device)
+        self.step_logits = torch.zeros(rows, config.vocab_size, device=device) if cuda_graphs else None
+        self.graphs = {}  # (rows, length) -> torch.cuda.CUDAGraph of the decode step
+        self.graph_pool = None  # one memory pool for all graphs: they never run concurrently
+        self.prompt_rows = None
+        self.positions = None
+        self.mask = None
+        self.row_index = None
         self.length = 0
 
+    @staticmethod
+    def bytes_per_token(config, dtype):
+        """Keys plus values of one token over all layers."""
+        return 2 * config.num_layers * config.num_kv_heads * config.head_dim * torch.empty(0, dtype=dtype).element_size()
+
+    def set_prefill(self, prompt_rows):
+        self.prompt_rows = prompt_rows
+        self.positions = None
+
     def set_decode(self, positions, length):
-        self.positions, self.length = positions, length
+        self.positions = positions
+        self.length = length
         # (rows, 1, 1, length): broadcast over kv heads and the query group of each kv head.
         self.mask = (torch.arange(length, device=positions.device) <= positions[:, None])[:, None, None, :]
-        self.rows = torch.arange(positions.shape[0], device=positions.device)
+        self.row_index = torch.arange(positions.shape[0], device=positions.device)
 
     def write_prefill(self, layer, k, v):
-        rows, kv_heads, _, head_dim = self.k[layer].shape
+        _, kv_heads, _, head_dim = self.k[layer].shape
+        rows = self.rows // self.n * self.n
         for cache, new in ((self.k[layer], k), (self.v[layer], v)):
-            per_prompt = cache.view(rows // self.n, self.n, kv_heads, self.capacity, head_dim)
+            per_prompt = cache[:rows].view(rows // self.n, self.n, kv_heads, self.capacity, head_dim)
             per_prompt[self.prompt_rows, :, :, :new.shape[2]] = new[:, None].to(cache.dtype)
 
     def write_decode(self, layer, k, v):
         """k, v (rows, kv_heads, 1, D) -> this layer's (rows, kv_heads, length, D) keys and values."""
-        self.k[layer][self.rows, :, self.positions] = k[:, :, 0].to(self.k[layer].dtype)
-        self.v[layer][self.rows, :, self.positions] = v[:, :, 0].to(self.v[layer].dtype)
-        return self.k[layer][:, :, :self.length], self.v[layer][:, :, :self.length]
+        rows = self.positions.shape[0]
+        self.k[layer][self.row_index, :, self.positions] = k[:, :, 0].to(self.k[layer].dtype)
+        self.v[layer][self.row_index, :, self.positions] = v[:, :, 0].to(self.v[layer].dtype)
+        return self.k[layer][:rows, :, :self.length], self.v[layer][:rows, :, :self.length]
 
     def keep_rows(self, keep, used):
-        """Drop finished rows: keep (rows',) indices; only the `used` leading slots hold data."""
-        for cache in (self.k, self.v):
-            for i, old in enumerate(cache):
-                new = old.new_zeros((keep.shape[0],) + old.shape[1:])
-                new[:, :, :used] = old[keep, :, :used]
-                cache[i] = new
+        """Drop finished rows in place: the rows `keep` (ascending indices) move to the front; only the
+        `used` leading slots hold data."""
+        count = keep.shape[0]
+        for cache in self.k + self.v:
+            cache[:count, :, :used] = cache[keep, :, :used]  # the indexed read copies before the write
+
+
+# Flash attention takes no mask; the memory-efficient kernel does, and math covers shapes it rejects.
+DECODE_ATTENTION_KERNELS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class Attention(nn.Module):
@@ -210,12 +259,11 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, cache=None):
         B, T, _ = x.shape
         H, Hkv, D = self.heads, self.kv_heads, self.head_dim
-        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        q, k, v = q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D)
+        qk, v = self.qkv(x).view(B, T, H + 2 * Hkv, D).split([H + Hkv, Hkv], dim=2)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, D)
-        k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, Hkv, T, D)
+            qk = torch.cat((self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])), dim=2)
+        # q and k are adjacent in the fused projection: one rotation covers both.
+        q, k = apply_rope(qk.transpose(1, 2), cos, sin).split([H, Hkv], dim=1)  # (B, H, T, D), (B, Hkv, T, D)
         v = v.transpose(1, 2)
         if cache is None or cache.positions is None:
             if cache is not None:
@@ -228,7 +276,9 @@ class Attention(nn.Module):
             # per-row mask works with GQA without copying the cache to H heads (enable_gqa + a mask
             # would fall back to the slow math kernel on GPU).
             q = q.reshape(B, Hkv, H // Hkv, D).to(k.dtype)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask)
+            kernels = sdpa_kernel(DECODE_ATTENTION_KERNELS) if q.is_cuda else contextlib.nullcontext()
+            with kernels:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask)
         return self.proj(y.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D))
 
 
@@ -273,12 +323,13 @@ class Transformer(nn.Module):
 
     def rope(self, positions):
         """positions (...) long -> cos, sin (..., head_dim) fp32."""
-        freqs = positions.float()[..., None] * rope_inv_freq(self.config, positions.device)
-        freqs = torch.cat((freqs, freqs), dim=-1)
-        return freqs.cos(), freqs.sin()
+        return rope_tables(self.config, positions)
 
     def hidden(self, tokens, cos, sin, cache=None):
         """tokens (B, T) -> final-normed hidden states (B, T, hidden). cos/sin broadcast to (B, H, T, D)."""
+        dtype = _compute_dtype(self)
+        cos = cos.to(dtype)
+        sin = sin.to(dtype)
         x = self.embed(tokens)
         for block in self.blocks:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
@@ -292,16 +343,28 @@ class Transformer(nn.Module):
         cos, sin = self.rope(torch.arange(tokens.shape[1], device=tokens.device))
         return self.lm_head(self.hidden(tokens, cos, sin))
 
-    def token_logprobs(self, tokens, chunk_size=2048):
+    def token_logprobs(self, tokens, mask=None, chunk_size=2048):
         """(B, T) -> (B, T-1) fp32: log pi(tokens[:, t+1] | tokens[:, :t+1]). Differentiable.
-        The lm_head + log-softmax run over chunks of `chunk_size` (row, position) pairs, each under
-        activation checkpointing, so at most one chunk's logits exist at a time, forward or backward."""
-        cos, sin = self.rope(torch.arange(tokens.shape[1], device=tokens.device))
-        h = self.hidden(tokens, cos, sin)[:, :-1].reshape(-1, self.config.hidden_size)
-        targets = tokens[:, 1:].reshape(-1)
-        out = [checkpoint(self._chunk_logprobs, h[i:i + chunk_size], targets[i:i + chunk_size], use_reentrant=False)
-               for i in range(0, targets.shape[0], chunk_size)]
-        return torch.cat(out).view(tokens.shape[0], -1) if out else h.new_zeros(tokens.shape[0], 0, dtype=torch.float32)
+        mask (B, T-1), optional: only targets where it is non-zero get the lm_head and log-softmax, the
+        rest are 0 (the update needs the response tokens only, a fraction of each sequence).
+        The lm_head + log-softmax run over chunks of `chunk_size` targets, each under activation
+        checkpointing, so at most one chunk's logits exist at a time, forward or backward."""
+        batch, length = tokens.shape
+        cos, sin = self.rope(torch.arange(length, device=tokens.device))
+        h = self.hidden(tokens, cos, sin)[:, :-1]  # (B, T-1, hidden)
+        if mask is None:
+            mask = torch.ones(batch, length - 1, dtype=torch.bool, device=tokens.device)
+        where = mask.nonzero(as_tuple=True)
+        h = h[where]  # (targets, hidden)
+        targets = tokens[:, 1:][where]
+        chunks = []
+        for start in range(0, targets.shape[0], chunk_size):
+            chunks.append(checkpoint(self._chunk_logprobs, h[start:start + chunk_size],
+                                     targets[start:start + chunk_size], use_reentrant=False))
+        out = torch.zeros(batch, length - 1, device=tokens.device)
+        if not chunks:
+            return out
+        return out.index_put(where, torch.cat(chunks))
 
     def _chunk_logprobs(self, h, targets):
         logits = self.lm_head(h).float()
@@ -604,7 +667,7 @@ def default_stop_ids(tokenizer) -> list[int]:
 @dataclass
 class Sample:
     tokens: list[int]  # generated ids, ending with the stop token if one was sampled
-    logprobs: list[float]  # log pi(token) under the untempered fp32 logits, one per token
+    logprobs: list[float]  # log pi(token) under the untempered fp32 logits, one per token; empty unless asked
 
 
 FINISH_CHECK_EVERY = 8  # decode steps between host reads of the finished count (each read is a device sync)
@@ -636,10 +699,13 @@ def _sample(logits, temperature, top_p, generator):
 
 
 @torch.no_grad()
-def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None):
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None,
+             logprobs=False, cache=None):
     """Sample n continuations of each prompt (lists of token ids, any lengths) -> list (per prompt) of
     n Samples. A row stops after sampling any of `stop_ids` or after max_new_tokens tokens.
-    temperature 0 is greedy. Runs in eval mode and restores model.training; works under autocast."""
+    temperature 0 is greedy. `logprobs`: fill Sample.logprobs (else they stay empty). `cache`: a KVCache
+    to decode in (a run keeps one, see KVCache), else one is made for this call. Runs in eval mode and
+    restores model.training; works under autocast."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
     if not prompts or max_new_tokens <= 0:
@@ -647,26 +713,42 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
     was_training = model.training
     model.eval()
     try:
-        tokens, logprobs = _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, seed)
+        tokens, token_logprobs = _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, seed,
+                                           logprobs, cache)
     finally:
         model.train(was_training)
     # Cut each row after its first stop token; rows keep computing a few steps after stopping.
     stop = torch.tensor(list(stop_ids), dtype=torch.long)
     is_stop = torch.isin(tokens, stop)
     lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, max_new_tokens).tolist()
-    tokens, logprobs = tokens.tolist(), logprobs.tolist()
-    return [[Sample(tokens[r][:lengths[r]], logprobs[r][:lengths[r]]) for r in range(p * n, p * n + n)]
-            for p in range(len(prompts))]
+    tokens = tokens.tolist()
+    token_logprobs = token_logprobs.tolist() if logprobs else [[] for _ in tokens]
+    results = []
+    for p in range(len(prompts)):
+        samples = []
+        for r in range(p * n, p * n + n):
+            samples.append(Sample(tokens[r][:lengths[r]], token_logprobs[r][:lengths[r]]))
+        results.append(samples)
+    return results
 
 
-def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, seed):
-    """-> tokens, logprobs: (len(prompts) * n, max_new_tokens) CPU tensors, row p*n+j is sample j of prompt p."""
+def _round_up(value, multiple):
+    return (value + multiple - 1) // multiple * multiple
+
+
+def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, seed, want_logprobs, cache):
+    """-> tokens, logprobs: (len(prompts) * n, max_new_tokens) CPU tensors, row p*n+j is sample j of prompt p
+    (logprobs None unless wanted)."""
     device = model.embed.weight.device
     lengths = [len(p) for p in prompts]
     rows = len(prompts) * n
     capacity = max(lengths) + max_new_tokens
-    cache = KVCache(model.config, rows, capacity, n, _compute_dtype(model), device)
-    cos_table, sin_table = model.rope(torch.arange(capacity, device=device))  # (capacity, head_dim)
+    if cache is None:
+        cache = KVCache(model.config, rows, capacity, _compute_dtype(model), device)
+    if rows > cache.rows or capacity > cache.capacity:
+        raise ValueError(f"generate: {rows} rows of {capacity} tokens do not fit a KV cache of "
+                         f"{cache.rows} rows of {cache.capacity}")
+    cache.n = n
     generator = None if seed is None else torch.Generator(device).manual_seed(seed)
 
     # Prefill each prompt once (shortest first, so chunks pad little), writing its k/v into its n rows.
@@ -681,17 +763,18 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, s
         width = lengths[chunk[-1]]
         batch = torch.tensor([prompts[i] + [0] * (width - lengths[i]) for i in chunk], device=device)
         chunk_rows = torch.tensor(chunk, device=device)
-        cache.prompt_rows = chunk_rows
-        h = model.hidden(batch, cos_table[:width], sin_table[:width], cache)  # (c, width, hidden)
+        cache.set_prefill(chunk_rows)
+        h = model.hidden(batch, cache.cos[:width], cache.sin[:width], cache)  # (c, width, hidden)
         last = torch.tensor([lengths[i] - 1 for i in chunk], device=device)
         logits[chunk_rows] = model.lm_head(h[torch.arange(len(chunk), device=device), last]).float()
         start = end
     logits = logits.repeat_interleave(n, dim=0)  # (rows, vocab)
 
     # Decode. Row b's next token sits at positions[b]; rows advance in lockstep, so the longest
-    # attended prefix is known on the host without a sync.
+    # attended prefix is known on the host without a sync. The live rows are always the cache's
+    # leading rows: compaction moves them there.
     out_tokens = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=device)
-    out_logprobs = torch.zeros(rows, max_new_tokens, device=device)
+    out_logprobs = torch.zeros(rows, max_new_tokens, device=device) if want_logprobs else None
     row_ids = torch.arange(rows, device=device)  # original row of each batch row (changes on compaction)
     row_prompt_len = [lengths[r // n] for r in range(rows)]
     positions = torch.tensor(row_prompt_len, device=device)
@@ -700,7 +783,8 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, s
     for step in range(max_new_tokens):
         token = _sample(logits, temperature, top_p, generator)
         out_tokens[row_ids, step] = token
-        out_logprobs[row_ids, step] = logits.gather(1, token[:, None]).squeeze(1) - logits.logsumexp(-1)
+        if want_logprobs:
+            out_logprobs[row_ids, step] = logits.gather(1, token[:, None]).squeeze(1) - logits.logsumexp(-1)
         if step == max_new_tokens - 1:
             break
         if len(stop_ids):
@@ -714,9 +798,58 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, s
                     keep = (~finished).nonzero().squeeze(1)
                     cache.keep_rows(keep, max(row_prompt_len) + step)
                     row_prompt_len = [row_prompt_len[i] for i in keep.tolist()]
-                    finished, row_ids, positions, token = finished[keep], row_ids[keep], positions[keep], token[keep]
-        cache.set_decode(positions, max(row_prompt_len) + step + 1)
-        h = model.hidden(token[:, None], cos_table[positions][:, None, None], sin_table[positions][:, None, None], cache)
-        logits = model.lm_head(h[:, 0]).float()
+                    finished = finished[keep]
+                    row_ids = row_ids[keep]
+                    positions = positions[keep]
+                    token = token[keep]
+        length = min(_round_up(max(row_prompt_len) + step + 1, cache.length_bucket), cache.capacity)
+        logits = _decode_logits(model, cache, token, positions, rows, length)
         positions = positions + 1
-    return out_tokens.cpu(), out_logprobs.cpu()
+    return out_tokens.cpu(), None if out_logprobs is None else out_logprobs.cpu()
+
+
+def _decode_logits(model, cache, token, positions, call_rows, length):
+    """token, positions (live,) -> next-token logits (live, vocab) fp32. The step runs on the live rows
+    padded up to the cache's row bucket (the padding rows are finished rows: their cache rows are
+    scratch), attending `length` slots; on a graph cache it replays that shape's CUDA graph."""
+    live = token.shape[0]
+    padded = min(_round_up(live, cache.row_bucket), call_rows)
+    cache.step_tokens[:live] = token
+    cache.step_positions[:live] = positions
+    if not cache.cuda_graphs:
+        logits = _decode_step(model, cache, cache.step_tokens[:padded], cache.step_positions[:padded], length)
+        return logits[:live]
+    key = (padded, length)
+    if key not in cache.graphs:
+        cache.graphs[key] = _capture_decode_step(model, cache, padded, length)
+    cache.graphs[key].replay()
+    return cache.step_logits[:live]  # read before the next replay overwrites it
+
+
+def _decode_step(model, cache, token, positions, length):
+    """token, positions (rows,) -> logits (rows, vocab) fp32 of the next token, one row per sequence."""
+    cache.set_decode(positions, length)
+    cos = cache.cos[positions][:, None, None]  # (rows, 1, 1, head_dim): each row at its own position
+    sin = cache.sin[positions][:, None, None]
+    h = model.hidden(token[:, None], cos, sin, cache)
+    return model.lm_head(h[:, 0]).float()
+
+
+def _capture_decode_step(model, cache, rows, length):
+    """Record the decode step of `rows` rows attending `length` slots as a CUDA graph that reads
+    cache.step_tokens/step_positions and writes cache.step_logits. Capturing needs one eager run first
+    (on a side stream, as torch requires); it computes the real step, which the replay then repeats."""
+    tokens = cache.step_tokens[:rows]
+    positions = cache.step_positions[:rows]
+    out = cache.step_logits[:rows]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out.copy_(_decode_step(model, cache, tokens, positions, length))
+    torch.cuda.current_stream().wait_stream(side)
+    if cache.graph_pool is None:
+        cache.graph_pool = torch.cuda.graph_pool_handle()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=cache.graph_pool):
+        out.copy_(_decode_step(model, cache, tokens, positions, length))
+    return graph

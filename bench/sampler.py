@@ -3,9 +3,14 @@
 Both sample at temperature 1 with top_p 1 (top_k off) and ignore stop tokens, so every row produces
 exactly --new-tokens tokens; tokens/s = batch * new tokens / wall time, prefill included. Prompts are
 random token ids of mixed lengths (64..256), left-padded with an attention mask for transformers.
+Ours decodes in a KV cache made once per batch size, as a training run keeps one: on CUDA with row and
+length buckets and CUDA-graphed decode steps, captured during the warm-up call. "weights GB/s" is
+the weight bytes read per decode step times steps per second (batch 1 is bound by it: compare with
+the GPU's memory bandwidth, --bandwidth-gbs, for the roofline fraction).
 
     python bench/sampler.py                                   # embedded SmolLM2-135M, CPU, fp32
-    python bench/sampler.py --model ../shared/data/configs/qwen2.5-0.5b.json --device cuda --dtype bfloat16
+    python bench/sampler.py --model ../shared/data/configs/qwen2.5-0.5b.json --device cuda --dtype bfloat16 \
+        --batch-sizes 1,64 --new-tokens 512 --bandwidth-gbs 4800
 
 --model is "smollm2-135m", an HF checkpoint directory, or a config.json (random weights of that shape).
 """
@@ -57,10 +62,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_ours(model, prompts, new_tokens, device):
+def run_cache(model, prompts, new_tokens, device):
+    """The KV cache a run would keep for batches like `prompts` (see azr.sampler_cache)."""
+    capacity = max(len(p) for p in prompts) + new_tokens
+    dtype = next(model.parameters()).dtype
+    if device.type == "cuda":
+        return M.KVCache(model.config, len(prompts), capacity, dtype, device, row_bucket=8, length_bucket=256,
+                         cuda_graphs=True)
+    return M.KVCache(model.config, len(prompts), capacity, dtype, device)
+
+
+def time_ours(model, prompts, new_tokens, device, cache):
     sync(device)
     start = time.perf_counter()
-    out = M.generate(model, prompts, new_tokens, temperature=1.0, top_p=1.0, seed=0)
+    out = M.generate(model, prompts, new_tokens, temperature=1.0, top_p=1.0, seed=0, cache=cache)
     sync(device)
     assert all(len(s[0].tokens) == new_tokens for s in out)
     return time.perf_counter() - start
@@ -87,6 +102,7 @@ def main():
     parser.add_argument("--batch-sizes", default="1,8,64")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1, help="time each run this many times, keep the fastest")
+    parser.add_argument("--bandwidth-gbs", type=float, default=0.0, help="memory bandwidth, for the roofline column")
     args = parser.parse_args()
     if args.model != M.EMBEDDED_MODEL and not os.path.exists(args.model):
         sys.exit(f"--model {args.model!r}: no such file or directory")
@@ -98,19 +114,26 @@ def main():
     vocab = hf.config.vocab_size
     prompts = [torch.randint(0, vocab, (int(n),), generator=generator).tolist()
                for n in torch.randint(64, 257, (max(batch_sizes),), generator=generator)]
-    time_ours(ours, prompts[:2], 4, device)  # warm-up: allocator, kernels, lazy init
-    time_transformers(hf, prompts[:2], 4, device)
+    time_transformers(hf, prompts[:2], 4, device)  # warm-up: allocator, kernels, lazy init
+    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"model {args.model}, {args.dtype}, {name}, {args.new_tokens} new tokens, prompts 64-256 tokens\n")
-    print("| batch | model.generate tok/s | transformers generate tok/s | speedup |")
-    print("|---:|---:|---:|---:|")
+    print("| batch | model.generate tok/s | transformers generate tok/s | speedup | weights GB/s | roofline |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for batch in batch_sizes:
         tokens = batch * args.new_tokens
-        ours_s = hf_s = float("inf")
+        cache = run_cache(ours, prompts[:batch], args.new_tokens, device)
+        time_ours(ours, prompts[:batch], args.new_tokens, device, cache)  # warm-up; captures the CUDA graphs
+        ours_s = float("inf")
+        hf_s = float("inf")
         for _ in range(args.repeats):  # alternate, so load from other processes hits both alike
-            ours_s = min(ours_s, time_ours(ours, prompts[:batch], args.new_tokens, device))
+            ours_s = min(ours_s, time_ours(ours, prompts[:batch], args.new_tokens, device, cache))
             hf_s = min(hf_s, time_transformers(hf, prompts[:batch], args.new_tokens, device))
-        print(f"| {batch} | {tokens / ours_s:.1f} | {tokens / hf_s:.1f} | {hf_s / ours_s:.2f}x |", flush=True)
+        bandwidth = weight_bytes * args.new_tokens / ours_s / 1e9
+        roofline = f"{100 * bandwidth / args.bandwidth_gbs:.0f}%" if args.bandwidth_gbs else "-"
+        print(f"| {batch} | {tokens / ours_s:.1f} | {tokens / hf_s:.1f} | {hf_s / ours_s:.2f}x | {bandwidth:.1f} "
+              f"| {roofline} |", flush=True)
+        del cache
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ class ScriptedSampler:
         program = "def f(a):\n    return a" if good else "def f(a):\n    return None"
         return answer(fence("python", program))
 
-    def __call__(self, model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None):
+    def __call__(self, model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None,
+                 cache=None):
         if self.kill_if is not None and self.kill_if():
             os.kill(os.getpid(), signal.SIGKILL)  # a run killed mid-step
         results = []

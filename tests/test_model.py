@@ -250,7 +250,7 @@ def test_greedy_matches_transformers_generate(llama):
 def test_batched_greedy_equals_each_alone_with_compaction(llama, monkeypatch):
     ours, _ = llama
     prompts = random_prompts([4, 13, 1, 8, 20, 6])
-    alone = [M.generate(ours, [p], 30, temperature=0)[0][0] for p in prompts]
+    alone = [M.generate(ours, [p], 30, temperature=0, logprobs=True)[0][0] for p in prompts]
     # Stop on a token most rows sample early, so rows finish at different steps and the batch compacts.
     stop = max(range(TINY["vocab_size"]), key=lambda t: sum(t in s.tokens[:15] for s in alone))
     compactions = []
@@ -258,7 +258,7 @@ def test_batched_greedy_equals_each_alone_with_compaction(llama, monkeypatch):
     monkeypatch.setattr(M.KVCache, "keep_rows", lambda self, keep, used: (
         compactions.append(keep.tolist()), real_keep_rows(self, keep, used)))
     monkeypatch.setattr(M, "FINISH_CHECK_EVERY", 2)
-    batched = M.generate(ours, prompts, 30, temperature=0, stop_ids=[stop])
+    batched = M.generate(ours, prompts, 30, temperature=0, stop_ids=[stop], logprobs=True)
     assert compactions
     for a, b in zip(alone, batched):
         cut = a.tokens.index(stop) + 1 if stop in a.tokens else 30
@@ -279,7 +279,7 @@ def test_sampled_logprobs_equal_fresh_forward_n_samples_and_compaction(llama, mo
     prompts = random_prompts([7, 2, 15])
     stop = [5, 17, 40]
     ours.train()
-    out = M.generate(ours, prompts, 25, temperature=0.8, stop_ids=stop, n=4, seed=0)
+    out = M.generate(ours, prompts, 25, temperature=0.8, stop_ids=stop, n=4, seed=0, logprobs=True)
     assert ours.training  # mode restored
     ours.eval()
     assert [len(s) for s in out] == [4, 4, 4]
@@ -310,7 +310,7 @@ def test_sampling_follows_tempered_distribution(llama):
     with torch.no_grad():
         logits = ours(torch.tensor([prompt]))[0, -1]
     for temperature in (1.0, 0.5):
-        out = M.generate(ours, [prompt], 1, temperature=temperature, n=4000, seed=1)[0]
+        out = M.generate(ours, [prompt], 1, temperature=temperature, n=4000, seed=1, logprobs=True)[0]
         counts = torch.bincount(torch.tensor([s.tokens[0] for s in out]), minlength=TINY["vocab_size"])
         expected = (logits / temperature).softmax(-1)
         assert 0.5 * (counts / 4000 - expected).abs().sum() < 0.06  # total variation distance
@@ -340,10 +340,10 @@ def test_generate_under_autocast_and_in_bf16(llama):
     fp32 = M.generate(ours, prompts, 10, temperature=0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert M._compute_dtype(ours) == torch.bfloat16
-        auto = M.generate(ours, prompts, 10, temperature=0)
+        auto = M.generate(ours, prompts, 10, temperature=0, logprobs=True)
         auto_fresh = [fresh_logprobs(ours, p, s[0]) for p, s in zip(prompts, auto)]
     ours.to(torch.bfloat16)
-    bf16 = M.generate(ours, prompts, 10, temperature=0)
+    bf16 = M.generate(ours, prompts, 10, temperature=0, logprobs=True)
     bf16_fresh = [fresh_logprobs(ours, p, s[0]) for p, s in zip(prompts, bf16)]
     ours.to(torch.float32)
     for outs, fresh in ((auto, auto_fresh), (bf16, bf16_fresh)):
