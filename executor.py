@@ -542,7 +542,8 @@ def _start_child(commands, cfg, features, workdir):
 
 
 def _next_command(commands):
-    """The worker's next command: b"done" after a call, b"" once the worker has gone."""
+    """The worker's next command after a call: b"done", or b"status" to be told the child's wait status; b"" once
+    the worker has gone."""
     try:
         return commands.recv(16)
     except ConnectionResetError:  # it closed the socket with our last message unread
@@ -551,8 +552,8 @@ def _next_command(commands):
 
 def _serve_one_call(commands, cfg, features):
     """Fork the next call's child before the call comes (fork and sandbox setup are off the call's path) and
-    hand the worker its pipes; at the worker's "done", kill and reap the child and everything it started, and
-    answer with its wait status. False once the worker has gone."""
+    hand the worker its pipes; at the worker's next command, kill and reap the child and everything it started
+    (and answer "status" with its wait status). False once the worker has gone."""
     workdir = _make_workdir(cfg, features)
     status = None
     try:
@@ -567,7 +568,8 @@ def _serve_one_call(commands, cfg, features):
         _remove_workdir(workdir)  # before the answer: once the worker has it, the call is over
     if not command:
         return False
-    commands.send(json.dumps({"status": status}).encode())
+    if command == b"status":
+        commands.send(json.dumps({"status": status}).encode())
     return True
 
 
@@ -777,14 +779,19 @@ def _read_rest(fd, reply):
             reply += chunk
 
 
-def _outcome(reply, output, status, timed_out, cfg):
-    """The child's reply dict, or what its death says when it sent none that parses."""
-    if timed_out:
-        return {"status": "timeout", "message": f"wall clock {cfg['timeout_s']} s"}
+def _parsed_reply(reply):
+    """The child's reply dict, or None if `reply` is not one (the child died first, or wrote something else)."""
+    if len(reply) > MAX_REPLY_BYTES:
+        return None
     with contextlib.suppress(ValueError, TypeError, KeyError, RecursionError):
-        parsed = json.loads(reply) if len(reply) <= MAX_REPLY_BYTES else {}
+        parsed = json.loads(reply)
         if parsed["status"] in STATUSES and isinstance(parsed.get("message", ""), str):
             return parsed
+    return None
+
+
+def _death(status, output):
+    """Error reply for a child that sent no reply, from its wait status and the start of its output."""
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
         return {"status": "timeout", "message": "CPU time limit"}
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == SETUP_FAILED:
@@ -796,12 +803,11 @@ def _outcome(reply, output, status, timed_out, cfg):
     return {"status": "error", "message": _short(f"died without a result ({how}): {output.decode(errors='replace')}")}
 
 
-def _sandboxed(job, cfg, forker):
+def _sandboxed(job, cfg, features, forker):
     """Run `job` in the child the forker has ready, within the wall clock; the child's reply dict."""
     started, fds = _from_forker(forker)
     if "error" in started:
         forker.send(b"done")
-        _from_forker(forker)
         return {"status": "error", "message": started["error"]}
     job_w, res_r, out_r = fds
     pidfd = os.pidfd_open(started["pid"])  # readable once the child exits, whoever holds its pipes
@@ -810,17 +816,27 @@ def _sandboxed(job, cfg, forker):
             _send(job_w, job)
         os.close(job_w)
         reply, output, timed_out = _collect(pidfd, res_r, out_r, cfg["timeout_s"])
-        forker.send(b"done")
+        if not timed_out and features["pid_ns"]:
+            # The child exited, and as the init of its PID namespace took everything inside along: with a
+            # reply in hand, answer now and let the forker reap it meanwhile.
+            _read_rest(res_r, reply)
+            parsed = _parsed_reply(reply)
+            if parsed:
+                forker.send(b"done")
+                return parsed
+        forker.send(b"status")
         status = _from_forker(forker)[0]["status"]  # the forker has killed and reaped all the child started
         _read_rest(res_r, reply)
     finally:
         os.close(pidfd)
         os.close(res_r)
         os.close(out_r)
-    return _outcome(reply, output, status, timed_out, cfg)
+    if timed_out:
+        return {"status": "timeout", "message": f"wall clock {cfg['timeout_s']} s"}
+    return _parsed_reply(reply) or _death(status, output)
 
 
-def _handle(op, args, cfg, forker):
+def _handle(op, args, cfg, features, forker):
     """Reply dict (Result fields) for one call: check it, run it in a child, judge what comes back."""
     error = _call_error(op, args)
     if error:
@@ -830,7 +846,7 @@ def _handle(op, args, cfg, forker):
     if error:
         return error
     job = {"op": op, "program": args[0], "inputs": inputs, "max_output_chars": cfg["max_output_chars"]}
-    reply = _sandboxed(job, cfg, forker)
+    reply = _sandboxed(job, cfg, features, forker)
     if reply["status"] != "ok" or op in ("validate", "run_script"):
         return {"status": reply["status"], "output": str(reply.get("output", "")),
                 "message": str(reply.get("message", ""))}
@@ -855,7 +871,8 @@ def _worker_main(config_json):
     if not granted:  # the forker could not start a sandbox (its traceback is on stderr)
         os._exit(1)
     _sys("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)  # a program running as our uid (no root) cannot read our memory
-    _send(replies, json.loads(granted))
+    features = json.loads(granted)  # what the OS granted the sandbox: root, net_ns, pid_ns, ... (bools)
+    _send(replies, features)
     while True:
         try:
             op, args = _read_message(requests)
@@ -864,7 +881,7 @@ def _worker_main(config_json):
             os.waitpid(forker_pid, 0)
             os._exit(0)
         try:
-            reply = _handle(op, args, cfg, forker)
+            reply = _handle(op, args, cfg, features, forker)
         except EOFError:  # the forker is gone: the trainer replaces this worker
             os._exit(1)
         except Exception as e:  # noqa: BLE001 - a worker bug must cost one call, not the batch
