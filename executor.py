@@ -9,12 +9,12 @@ Three processes take part in a call, and only the last one runs model-written co
   keeps the values to check against, sends the child its job (the program and its inputs, nothing else)
   through a pipe of that call, reads back repr strings and a JSON encoding of the values, and decides
   equality itself, so code the model wrote never judges its own answer;
-- the forker, forked by the worker before the worker reads any call, forks one child per call and kills and
-  reaps it afterwards. It reads nothing but the worker's one-word commands, so the memory a child starts
-  with holds no call's data: no expected value, no other call of the batch, nothing of the trainer's.
-  Whatever a program scans (its stack, its heap, /proc/self/mem, its file descriptors), it finds only its
-  own program and inputs; the worker, which holds the rest, is outside its PID namespace, runs as another
-  uid and is not dumpable.
+- the forker, forked by the worker before the worker reads any call, forks each call's child (ahead of the
+  call: the child enters the sandbox and waits for its job) and kills and reaps it afterwards. It reads
+  nothing but the worker's one-word commands, so the memory a child starts with holds no call's data: no
+  expected value, no other call of the batch, nothing of the trainer's. Whatever a program scans (its
+  stack, its heap, its own memory, its file descriptors), it finds only its own program and inputs; the
+  worker, which holds the rest, is outside its PID namespace, runs as another uid and is not dumpable.
 
 The child enters a fresh PID, mount and IPC namespace (plus the forker's empty network namespace) and a
 memory cgroup, mounts private tmpfs over every world-writable directory, sets rlimits, drops to an
@@ -565,7 +565,7 @@ def _serve_one_call(commands, cfg, features):
         elif pid > 0:
             status = _kill_and_reap(pid, cfg, features)
     finally:
-        _remove_workdir(workdir)  # before the answer: once the worker has it, the call is over
+        _remove_workdir(workdir)  # before any answer: once the worker has one, the call is over
     if not command:
         return False
     if command == b"status":
