@@ -1,21 +1,32 @@
-"""Run untrusted, model-written Python safely and fast (spec sections 4 and 7): the banned-module list, the
-static checks of a proposal, the sandbox every program runs in, value equality between model-written outputs
-and real ones, and the pool of warm fork-server workers that the trainer drives through `Executor.run_batch`.
+"""Run untrusted, model-written Python safely and fast: the banned-module list, the static checks of a
+proposal, the sandbox every program runs in, value equality between model-written outputs and real ones, and
+the pool of warm workers that the trainer drives through `Executor.run_batch`.
 
-One call travels: trainer --(length-prefixed JSON over a pipe)--> worker (a long-lived `python -S` that imports
-only the standard library) --fork--> child. The child enters a fresh PID, mount and IPC namespace (plus the
-worker's empty network namespace) and a memory cgroup, mounts private tmpfs over every world-writable
-directory, sets rlimits, drops to an unprivileged uid, and only then runs the program. It sends back repr
-strings and a JSON encoding of the values; whether two values are equal is decided in the worker, so code the
-model wrote never judges its own answer. The worker kills the child at the wall-clock deadline; killing the
-init of a PID namespace kills everything inside it, so nothing outlives a call. Where the OS refuses
-namespaces or cgroups, the worker falls back to what it may (see `Executor.sandbox`).
+Three processes take part in a call, and only the last one runs model-written code:
+- the trainer sends the call (op, program, inputs, and the values to check against) to a worker, as
+  length-prefixed JSON over a pipe;
+- the worker (a long-lived `python -S` that imports only the standard library) checks the call statically,
+  keeps the values to check against, sends the child its job (the program and its inputs, nothing else)
+  through a pipe of that call, reads back repr strings and a JSON encoding of the values, and decides
+  equality itself, so code the model wrote never judges its own answer;
+- the forker, forked by the worker before the worker reads any call, forks each call's child (ahead of the
+  call: the child enters the sandbox and waits for its job) and kills and reaps it afterwards. It reads
+  nothing but the worker's one-word commands, so the memory a child starts with holds no call's data: no
+  expected value, no other call of the batch, nothing of the trainer's. Whatever a program scans (its
+  stack, its heap, its own memory, its file descriptors), it finds only its own program and inputs; the
+  worker, which holds the rest, is outside its PID namespace, runs as another uid and is not dumpable.
 
-Equality (spec: value ==): values made of exact builtin types (None, bool, int, float, complex, str, bytes, list,
-tuple, set, frozenset, dict, Counter, OrderedDict, deque) compare with Python's ==, so 1 == 1.0, -0.0 == 0.0,
-{1, 2} == {2, 1}, Counter(a=1) == {'a': 1}, and nan != nan (a program returning nan fails the determinism
-check). Anything else (dataclasses, Fraction, numpy scalars, defaultdict) compares by its repr text, normalized
-through ast.unparse where it parses.
+The child enters a fresh PID, mount and IPC namespace (plus the forker's empty network namespace) and a
+memory cgroup, mounts private tmpfs over every world-writable directory, sets rlimits, drops to an
+unprivileged uid, and only then runs the program. The worker enforces the wall clock; the forker then kills
+the child, and killing the init of a PID namespace kills everything inside it, so nothing outlives a call.
+Where the OS refuses namespaces or cgroups, the forker falls back to what it may (see `Executor.sandbox`).
+
+Equality (the paper's value ==): values made of exact builtin types (None, bool, int, float, complex, str,
+bytes, list, tuple, set, frozenset, dict, Counter, OrderedDict, deque) compare with Python's ==, so
+1 == 1.0, -0.0 == 0.0, {1, 2} == {2, 1}, Counter(a=1) == {'a': 1}, and nan != nan (a program returning nan
+fails the determinism check). Anything else (dataclasses, Fraction, numpy scalars, defaultdict) compares by
+its repr text, normalized through ast.unparse where it parses.
 """
 import ast
 import contextlib
@@ -30,6 +41,7 @@ import select
 import selectors
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -42,7 +54,7 @@ from dataclasses import dataclass
 BANNED_MODULES = ("logging", "random", "multiprocessing", "subprocess", "threading", "datetime", "time",
                   "hashlib", "hmac", "calendar", "os", "sys", "shutil", "socket", "signal", "ctypes", "pathlib",
                   "io", "tempfile", "pickle", "importlib", "builtins", "gc", "inspect", "asyncio", "concurrent",
-                  "secrets", "uuid", "resource")  # spec section 4
+                  "secrets", "uuid", "resource")  # the paper's program-safety check: no harm to the environment
 STATUSES = ("ok", "wrong", "error", "timeout", "banned", "nondeterministic", "too_long", "syntax")
 OPS = {"validate": (str, str), "check_output": (str, str, str), "check_input": (str, str, str),
        "check_program": (str, list), "run_script": (str,)}  # op -> argument types
@@ -178,14 +190,38 @@ _DECODED_CONTAINERS = {tag: kind for kind, tag in _ENCODED_CONTAINERS.items()}
 
 
 def _decode(enc):
-    """Inverse of _encode. Raises on malformed input (it comes from an untrusted child)."""
+    """Inverse of _encode. Raises on malformed input (it comes from an untrusted child); check its size first
+    with _is_small_encoding."""
     tag, *rest = enc
     atoms = {"opaque": Opaque, "None": lambda: None, "bool": bool, "int": int, "float": float, "str": str,
              "bytes": bytes.fromhex, "complex": lambda re, im: complex(float(re), float(im))}
     if tag in atoms:
         return atoms[tag](*rest)
-    kind, items = _DECODED_CONTAINERS[tag], [_decode(e) for e in rest[0]]
-    return kind(dict(zip(items[::2], items[1::2]))) if issubclass(kind, dict) else kind(items, *rest[1:])
+    kind = _DECODED_CONTAINERS[tag]
+    items = [_decode(e) for e in rest[0]]
+    if issubclass(kind, dict):
+        return kind(dict(zip(items[::2], items[1::2])))
+    return kind(items, *rest[1:])
+
+
+def _is_small_encoding(enc, max_chars):
+    """True if `enc` (JSON from a child) is no bigger than the encoding of a value whose repr has max_chars
+    characters can be: each element of such a value takes at least one character of the repr and at most four
+    JSON items (a list, its tag, one or two payloads), and no string in it is longer than twice the repr (bytes
+    travel as hex). Bounds the worker's work on a hostile reply, e.g. a set of ints whose hashes all collide.
+    Iterative: the encoding may be nested deeper than the recursion limit."""
+    budget = 4 * max_chars + 4
+    stack = [enc]
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return False
+        if isinstance(item, str) and len(item) > 2 * max_chars:
+            return False
+        if isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -215,16 +251,17 @@ def _child_run(job):
         return {"status": "ok"}
     # inf/nan/Counter/... resolve even when the program did not import them; the program's names win.
     fallback = {k: v for k, v in {**SAFE_CALLS, **SAFE_NAMES}.items() if k not in g}
-    limit, values = job["max_output_chars"], []
+    limit = job["max_output_chars"]
+    values = []
     for args_source in job["inputs"]:
         call = compile(f"f(\n{args_source}\n)", "<input>", "eval")
         value = eval(call, g, fallback)
         text = repr(value)
-        if job["op"] == "validate":  # spec section 4 check 3: a second run in the same process, equal
+        if job["op"] == "validate":  # the paper's determinism check: a second run in the same process, equal
             again = eval(call, g, fallback)  # (the input is rebuilt: f may have mutated the first one)
             if repr(again) != text or not again == value:
                 return {"status": "nondeterministic", "message": f"{_short(text, 200)} != {_short(repr(again), 200)}"}
-        if len(text) > limit:  # spec section 4 check 4
+        if len(text) > limit:  # outputs too long to read back are not valid tasks
             return {"status": "too_long", "message": f"repr has {len(text)} > {limit} chars"}
         try:
             values.append([text, _encode(value)])
@@ -233,15 +270,40 @@ def _child_run(job):
     return {"status": "ok", "output": values[0][0], "values": values}
 
 
+def _child_main(cfg, features, workdir, job_r, out_w, res_w):
+    """The forked child: enter the sandbox, wait for the job on stdin, run it, write the reply to fd 3. Never
+    returns."""
+    code = SETUP_FAILED
+    try:
+        _enter_sandbox(cfg, features, cfg["uid"], workdir, job_r, out_w, res_w)  # closes every other descriptor
+        job = _read_message(0)  # from the worker: the program and its inputs, no expected value
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)  # the program's stdin: empty
+        os.close(null)
+        code = 0
+        try:
+            reply = _child_run(job)
+        except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are program errors too
+            reply = {"status": "error", "message": "unprintable exception"}
+            with contextlib.suppress(BaseException):  # an exception's __str__ is the program's code too
+                reply["message"] = _short("".join(traceback.format_exception_only(e)).strip())
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        _write_all(3, json.dumps(reply).encode())
+    finally:
+        os._exit(code)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The sandbox: Linux namespaces, rlimits and privilege drop, via libc (ctypes is banned for programs,
 # not for the executor; Python 3.11 has no os.unshare/os.setns).
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 0x1000, 0x4000, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")  # world-writable on most systems
-# Imported once in the worker, so children get them for free (and even where the uid can't read them).
+# Imported once in the forker, so children get them for free (and even where the uid can't read them).
 PRELOADED = ("heapq", "bisect", "itertools", "functools", "operator", "re", "string", "math", "cmath",
              "fractions", "decimal", "statistics", "copy", "typing", "enum", "numbers", "array",
              "textwrap", "unicodedata", "struct", "json", "dataclasses", "collections.abc")
@@ -260,7 +322,7 @@ def _mount(source, target, fstype, flags, data=None):
          ctypes.c_ulong(flags), data and data.encode())
 
 
-def _enter_sandbox(cfg, features, uid, workdir, out_w, res_w):
+def _enter_sandbox(cfg, features, uid, workdir, job_r, out_w, res_w):
     """In the forked child, before any model-written code: isolate, limit, drop privileges."""
     os.setsid()
     if features["memory_cgroup"]:
@@ -274,8 +336,8 @@ def _enter_sandbox(cfg, features, uid, workdir, out_w, res_w):
         if features["pid_ns"]:  # a /proc that shows only this namespace's processes
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.chdir(workdir)
-    # stdin from /dev/null, stdout+stderr into the capped output pipe, the reply pipe on fd 3, nothing else.
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (os.open(os.devnull, os.O_RDONLY), out_w, res_w)]
+    # stdin from the job pipe, stdout+stderr into the capped output pipe, the reply pipe on fd 3, nothing else.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (job_r, out_w, res_w)]
     for target, fd in zip((0, 1, 2, 3), (high[0], high[1], high[1], high[2])):
         os.dup2(fd, target)
     os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -290,7 +352,7 @@ def _enter_sandbox(cfg, features, uid, workdir, out_w, res_w):
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
     _sys("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries cannot regain root
-    _sys("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # worker gone -> child gone
+    _sys("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # forker gone -> child gone
     os.environ.clear()
     os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8"})
     sys.setrecursionlimit(1000)
@@ -350,30 +412,33 @@ def _memory_cgroup(memory_mb):
 
 
 def _probe(cfg):
-    """Which isolation features this OS grants the worker; a test child proves the full setup works."""
+    """Which isolation features this OS grants the forker; a trial child proves the full setup works."""
     features = {"root": os.geteuid() == 0, "net_ns": False, "pid_ns": False, "mount_ns": False,
                 "memory_cgroup": _memory_cgroup(cfg["memory_mb"]) if cfg["namespaces"] else None,
                 "pidns_fd": os.open("/proc/self/ns/pid", os.O_RDONLY)}
     steps = [("unhide", _unhide_python),  # without it, only preloaded or world-readable modules import
-             ("net_ns", lambda: _sys("unshare", CLONE_NEWNET)),  # worker and children: loopback only, down
+             ("net_ns", lambda: _sys("unshare", CLONE_NEWNET)),  # forker and children: loopback only, down
              ("pid_ns", lambda: _sys("unshare", CLONE_NEWPID))]
-    for name, step in steps if cfg["namespaces"] else []:
+    if not cfg["namespaces"]:
+        steps = []
+    for name, step in steps:
         with contextlib.suppress(OSError):
             step()
             features[name] = True
-    for features["mount_ns"] in (True, False)[not cfg["namespaces"]:]:
-        reply = _sandboxed({"op": "run_script", "program": "pass"}, cfg, features)
-        if reply["status"] == "ok":
+    mount_ns_choices = (True, False) if cfg["namespaces"] else (False,)
+    for mount_ns in mount_ns_choices:
+        features["mount_ns"] = mount_ns
+        if _sandbox_works(cfg, features):
             return features
-    raise RuntimeError(f"cannot start a sandbox: {reply['message']}")
+    raise RuntimeError("cannot start a sandbox: a trial child could not enter it")
 
 
 def _reap(kill_uid=None):
-    """Reap the orphans the worker inherited as subreaper (until reaped they count against RLIMIT_NPROC). With
+    """Reap the orphans the forker inherited as subreaper (until reaped they count against RLIMIT_NPROC). With
     kill_uid (no PID namespace took them down), first SIGKILL every process of that uid (kill(-1) from a helper
-    with that uid: forks cannot outrun it), until the worker has no children left: all the program started."""
+    with that uid: forks cannot outrun it), until the forker has no children left: all the program started."""
     deadline = time.monotonic() + 5
-    with contextlib.suppress(ChildProcessError):  # raised once the worker has no children left
+    with contextlib.suppress(ChildProcessError):  # raised once the forker has no children left
         while True:
             if kill_uid is not None and os.fork() == 0:
                 with contextlib.suppress(BaseException):
@@ -387,137 +452,166 @@ def _reap(kill_uid=None):
             time.sleep(0.005)
 
 
-def _child_main(job, cfg, features, uid, workdir, out_w, res_w):
-    """The forked child: enter the sandbox, run the job, write the reply to fd 3. Never returns."""
-    code = SETUP_FAILED
-    try:
-        _enter_sandbox(cfg, features, uid, workdir, out_w, res_w)  # closes every other descriptor
-        code = 0
-        try:
-            reply = _child_run(job)
-        except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are program errors too
-            reply = {"status": "error", "message": "unprintable exception"}
-            with contextlib.suppress(BaseException):  # an exception's __str__ is the program's code too
-                reply["message"] = _short("".join(traceback.format_exception_only(e)).strip())
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        _write_all(3, json.dumps(reply).encode())
-    finally:
-        os._exit(code)
+# ----------------------------------------------------------------------------------------------------
+# The forker: forks every sandboxed child, and kills and reaps it when the worker is done with it. It is
+# forked from the worker before the worker reads any call and reads nothing but the worker's one-word
+# commands, so a child's memory starts without any call's data (see the module docstring).
+
+def _fork_child(features):
+    """os.fork(), the child as init of a fresh PID namespace where the OS grants one."""
+    if features["pid_ns"]:
+        _sys("setns", features["pidns_fd"], CLONE_NEWPID)  # back to the forker's own namespace, then
+        _sys("unshare", CLONE_NEWPID)  # a fresh one for the next child
+    return os.fork()
 
 
-def _sandboxed(job, cfg, features):
-    """Fork a sandboxed child for `job`, enforce the wall clock, clean up, return the child's reply."""
-    uid = cfg["uid"]
-    workdir = "/tmp" if features["mount_ns"] else tempfile.mkdtemp(prefix="azr-sandbox-")
-    if workdir != "/tmp" and features["root"]:
-        os.chown(workdir, uid, uid)
-    (out_r, out_w), (res_r, res_w) = os.pipe(), os.pipe()
+def _make_workdir(cfg, features):
+    """The child's working directory: the private tmpfs /tmp, or a fresh directory the sandbox uid owns."""
+    if features["mount_ns"]:
+        return "/tmp"
+    workdir = tempfile.mkdtemp(prefix="azr-sandbox-")
+    if features["root"]:
+        os.chown(workdir, cfg["uid"], cfg["uid"])
+    return workdir
+
+
+def _remove_workdir(workdir):
+    if workdir != "/tmp":
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _kill_and_reap(pid, cfg, features):
+    """SIGKILL the child and everything it started, reap them all; the child's wait status."""
+    os.kill(pid, signal.SIGKILL)  # the init of its PID namespace: takes everything inside along
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    status = os.waitpid(pid, 0)[1]
+    if features["root"] and not features["pid_ns"]:
+        _reap(cfg["uid"])  # what left the process group too
+    else:
+        _reap()
+    return status
+
+
+def _sandbox_works(cfg, features):
+    """True if a trial child can enter the sandbox with these features (it runs nothing and exits)."""
+    workdir = _make_workdir(cfg, features)
+    null = os.open(os.devnull, os.O_RDWR)
     try:
-        if features["pid_ns"]:  # a fresh PID namespace for the next child, which will be its init
-            _sys("setns", features["pidns_fd"], CLONE_NEWPID)
-            _sys("unshare", CLONE_NEWPID)
-        pid = os.fork()
-    except OSError as e:
-        pid, error = -1, e
+        pid = _fork_child(features)
+    except OSError:
+        pid = -1
     if pid == 0:
-        _child_main(job, cfg, features, uid, workdir, out_w, res_w)
-    os.close(out_w)
-    os.close(res_w)
-    reply, output, timed_out = bytearray(), bytearray(), False
+        code = SETUP_FAILED
+        try:
+            _enter_sandbox(cfg, features, cfg["uid"], workdir, null, null, null)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(null)
+    status = None
+    if pid > 0:
+        status = os.waitpid(pid, 0)[1]
+        _reap()
+    _remove_workdir(workdir)
+    return status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def _start_child(commands, cfg, features, workdir):
+    """Fork the call's child with three fresh pipes and send the worker the other ends (job in, reply and output
+    out), or why there is no child; the child's pid, or -1."""
+    job_r, job_w = os.pipe()
+    res_r, res_w = os.pipe()
+    out_r, out_w = os.pipe()
     try:
-        if pid < 0:
-            return {"status": "error", "message": f"cannot start the sandbox: {error}"}
-        deadline, pidfd = time.monotonic() + cfg["timeout_s"], os.pidfd_open(pid)
-        open_fds = [pidfd, res_r, out_r]
-        while pidfd in open_fds and len(reply) <= MAX_REPLY_BYTES:
-            ready = select.select(open_fds, [], [], max(deadline - time.monotonic(), 0))[0]
-            if timed_out := not ready:
-                break
-            for fd in ready:
-                chunk = os.read(fd, 1 << 16) if fd != pidfd else b""
-                if not chunk:  # the child exited, or every writer of this pipe did
-                    open_fds.remove(fd)
-                elif fd == res_r:
-                    reply += chunk
-                else:  # keep the start of stdout/stderr, drain and drop the rest
-                    output += chunk[:KEPT_OUTPUT_BYTES - len(output)]
-        os.close(pidfd)
-    finally:
-        if pid > 0:
-            os.kill(pid, signal.SIGKILL)  # the init of its PID namespace: takes everything inside along
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            status = os.waitpid(pid, 0)[1]
-            _reap(uid if features["root"] and not features["pid_ns"] else None)  # what left the group too
-            os.set_blocking(res_r, False)  # the rest of the reply; its writers are all dead now
-            with contextlib.suppress(BlockingIOError):
-                while len(reply) <= MAX_REPLY_BYTES and (chunk := os.read(res_r, 1 << 16)):
-                    reply += chunk
+        pid = _fork_child(features)
+        message = {"pid": pid}
+    except OSError as e:
+        pid = -1
+        message = {"error": f"cannot start the sandbox: {e}"}
+    if pid == 0:
+        os.close(job_w)
         os.close(res_r)
         os.close(out_r)
-        if workdir != "/tmp":
-            shutil.rmtree(workdir, ignore_errors=True)
-    if timed_out:
-        return {"status": "timeout", "message": f"wall clock {cfg['timeout_s']} s"}
-    with contextlib.suppress(ValueError, TypeError, KeyError, RecursionError):
-        parsed = json.loads(reply) if len(reply) <= MAX_REPLY_BYTES else {}
-        if parsed["status"] in STATUSES and isinstance(parsed.get("message", ""), str):
-            return parsed
-    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
-        return {"status": "timeout", "message": "CPU time limit"}
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == SETUP_FAILED:
-        return {"status": "error", "message": "sandbox setup failed"}
-    how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"code {os.waitstatus_to_exitcode(status)}"
-    return {"status": "error", "message": _short(f"died without a result ({how}): {output.decode(errors='replace')}")}
+        _child_main(cfg, features, workdir, job_r, out_w, res_w)
+    with contextlib.suppress(OSError):  # the worker has gone: its next command reads as b""
+        socket.send_fds(commands, [json.dumps(message).encode()], [job_w, res_r, out_r] if pid > 0 else [])
+    for fd in (job_r, job_w, res_r, res_w, out_r, out_w):
+        os.close(fd)
+    return pid
+
+
+def _next_command(commands):
+    """The worker's next command after a call: b"done", or b"status" to be told the child's wait status; b"" once
+    the worker has gone."""
+    try:
+        return commands.recv(16)
+    except ConnectionResetError:  # it closed the socket with our last message unread
+        return b""
+
+
+def _serve_one_call(commands, cfg, features):
+    """Fork the next call's child before the call comes (fork and sandbox setup are off the call's path) and
+    hand the worker its pipes; at the worker's next command, kill and reap the child and everything it started
+    (and answer "status" with its wait status). False once the worker has gone."""
+    workdir = _make_workdir(cfg, features)
+    status = None
+    try:
+        pid = _start_child(commands, cfg, features, workdir)
+        command = _next_command(commands)
+        if pid > 0 and not command:  # closing: the child never got a job, so it started nothing
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        elif pid > 0:
+            status = _kill_and_reap(pid, cfg, features)
+    finally:
+        _remove_workdir(workdir)  # before any answer: once the worker has one, the call is over
+    if not command:
+        return False
+    if command == b"status":
+        commands.send(json.dumps({"status": status}).encode())
+    return True
+
+
+def _forker_main(commands, cfg):
+    """Probe the sandbox, tell the worker what it got, then serve one call after another until the worker goes."""
+    _sys("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # worker gone -> forker gone
+    _sys("prctl", PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of a program come back to us, not init
+    for name in PRELOADED:
+        __import__(name)
+    features = _probe(cfg)
+    granted = {name: bool(features[name]) for name in ("root", "net_ns", "pid_ns", "mount_ns", "memory_cgroup")}
+    commands.send(json.dumps(granted).encode())
+    worker_is_there = True
+    while worker_is_there:
+        worker_is_there = _serve_one_call(commands, cfg, features)
+    with contextlib.suppress(OSError, TypeError):
+        os.rmdir(features["memory_cgroup"])
+
+
+def _start_forker(cfg, worker_fds):
+    """Fork the forker; its pid and the worker's end of the socket they talk over. worker_fds (the trainer's
+    pipes) are closed in the forker, so no child can inherit them."""
+    worker_end, forker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            worker_end.close()
+            for fd in worker_fds:
+                os.close(fd)
+            _forker_main(forker_end, cfg)
+        except BaseException:  # noqa: BLE001 - report why on stderr; the worker sees the socket close
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    forker_end.close()
+    return pid, worker_end
 
 
 # ----------------------------------------------------------------------------------------------------
-# The worker: static checks, one sandboxed child per call, verdicts.
-
-def _handle(op, args, cfg, features):
-    """Reply dict (Result fields) for one call."""
-    if op not in OPS or len(args) != len(OPS[op]) or not all(map(isinstance, args, OPS[op])):
-        return {"status": "error", "message": f"bad call {op!r} with arguments {[type(a).__name__ for a in args]}"}
-    banned = () if op == "run_script" else frozenset(cfg["banned"])
-    tree, err = _parse(args[0], banned, "exec")
-    if err or (op != "run_script" and not any(isinstance(n, ast.FunctionDef) and n.name == "f" for n in tree.body)):
-        return err or {"status": "syntax", "message": "program defines no top-level function f"}
-    if op == "check_program":
-        if not args[1] or not all(isinstance(p, list) and list(map(type, p)) == [str, str] for p in args[1]):
-            return {"status": "error", "message": "check_program needs a non-empty list of (input, output)"}
-        inputs, expected = [i for i, _ in args[1]], [value_of(o) for _, o in args[1]]
-    else:
-        inputs, expected = args[1:2], [value_of(a) for a in args[2:]]
-    for source in inputs:
-        call, err = _parse(source, banned, "args")
-        if err:
-            return err
-    if op == "check_input":  # a solver's input must be plain data: code in it could fake what f returns
-        classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
-        if not all(k.arg and _is_data(k.value, classes) for k in call.keywords) or not all(
-                _is_data(a, classes) for a in call.args):
-            return {"status": "syntax", "message": "predicted input must be literal values"}
-    job = {"op": op, "program": args[0], "max_output_chars": cfg["max_output_chars"], "inputs": inputs}
-    reply = _sandboxed(job, cfg, features)
-    if reply["status"] != "ok" or op in ("validate", "run_script"):
-        return {"status": reply["status"], **{k: str(reply.get(k, "")) for k in ("output", "message")}}
-    try:
-        got = [(str(text), _decode(enc)) for text, enc in reply["values"]]
-        assert len(got) == len(expected)
-    except Exception:  # noqa: BLE001 - a program can write anything to its reply pipe
-        return {"status": "error", "message": "malformed reply from the sandbox"}
-    output = got[0][0] if op != "check_program" else ""
-    for i, ((text, value), want) in enumerate(zip(got, expected)):
-        equal = False  # both sides are builtin values or Opaque: no model-written __eq__ runs here
-        with contextlib.suppress(RecursionError):
-            equal = bool(value == want)
-        if not equal:
-            where = f"pair {i}: " if op == "check_program" else ""
-            return {"status": "wrong", "output": output, "message": _short(f"{where}expected {want!r}, got {text}")}
-    return {"status": "ok", "output": output, "message": ""}
-
+# The worker: static checks, one sandboxed child per call (through the forker), verdicts.
 
 def _write_all(fd, data):
     view = memoryview(data)
@@ -534,7 +628,7 @@ def _read_exact(fd, n):
     return data
 
 
-def _read_message(fd):  # length-prefixed JSON, both directions between trainer and worker
+def _read_message(fd):  # length-prefixed JSON: trainer <-> worker, and the worker's job for a child
     return json.loads(_read_exact(fd, struct.unpack(">I", _read_exact(fd, 4))[0]))
 
 
@@ -543,32 +637,253 @@ def _send(fd, obj):
     _write_all(fd, struct.pack(">I", len(data)) + data)
 
 
+def _call_error(op, args):
+    """Error reply if the call's op or argument types are wrong, else None."""
+    if op not in OPS or len(args) != len(OPS[op]) or not all(map(isinstance, args, OPS[op])):
+        return {"status": "error", "message": f"bad call {op!r} with arguments {[type(a).__name__ for a in args]}"}
+    if op != "check_program":
+        return None
+    pairs = args[1]
+    if not pairs or not all(isinstance(p, list) and list(map(type, p)) == [str, str] for p in pairs):
+        return {"status": "error", "message": "check_program needs a non-empty list of (input, output)"}
+    return None
+
+
+def _inputs_of(op, args):
+    """The argument lists (source text) that f is called with: what the child gets besides the program."""
+    if op == "check_program":
+        return [source for source, _ in args[1]]
+    if op == "run_script":
+        return []
+    return [args[1]]
+
+
+def _expected_of(op, args):
+    """The output texts the child's values are checked against; they stay in the worker."""
+    if op == "check_program":
+        return [output for _, output in args[1]]
+    if op in ("check_output", "check_input"):
+        return [args[2]]
+    return []
+
+
+def _static_error(op, program, inputs, banned):
+    """Error reply if the program or an input does not parse, imports a banned module, or (check_input) the
+    input is not plain data; else None. Nothing is run."""
+    if op == "run_script":
+        banned = ()  # benchmark scripts import what they like; every other limit applies
+    tree, error = _parse(program, banned, "exec")
+    if error:
+        return error
+    if op != "run_script" and not any(isinstance(n, ast.FunctionDef) and n.name == "f" for n in tree.body):
+        return {"status": "syntax", "message": "program defines no top-level function f"}
+    classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    for source in inputs:
+        call, error = _parse(source, banned, "args")
+        if error:
+            return error
+        # A solver's input must be plain data: code in it could change what f returns.
+        if op == "check_input" and not _is_plain_call(call, classes):
+            return {"status": "syntax", "message": "predicted input must be literal values"}
+    return None
+
+
+def _is_plain_call(call, classes):
+    """True if every argument of the ast.Call `call` is data (see _is_data)."""
+    for arg in call.args:
+        if not _is_data(arg, classes):
+            return False
+    for keyword in call.keywords:
+        if keyword.arg is None or not _is_data(keyword.value, classes):
+            return False
+    return True
+
+
+def _decoded_values(reply, count, max_chars):
+    """[(repr text, value)] from a child's reply, or None if it is not what an honest child sends: `count`
+    entries, each a repr of at most max_chars characters and an encoding no bigger than such a repr allows."""
+    values = reply.get("values")
+    if not isinstance(values, list) or len(values) != count:
+        return None
+    decoded = []
+    for entry in values:
+        if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str):
+            return None
+        text = entry[0]
+        encoding = entry[1]
+        if len(text) > max_chars or not _is_small_encoding(encoding, max_chars):
+            return None
+        try:
+            decoded.append((text, _decode(encoding)))
+        except Exception:  # noqa: BLE001 - a program can write anything to its reply pipe
+            return None
+    return decoded
+
+
+def _equal(value, want):
+    """value == want for decoded values: builtins or Opaque on both sides, so no model-written __eq__ runs."""
+    with contextlib.suppress(RecursionError):
+        return bool(value == want)
+    return False
+
+
+def _verdict(op, reply, expected, max_chars):
+    """Reply dict for a check_* call whose child ended ok: does each value equal its expected output text?"""
+    got = _decoded_values(reply, len(expected), max_chars)
+    if got is None:
+        return {"status": "error", "message": "malformed reply from the sandbox"}
+    output = "" if op == "check_program" else got[0][0]
+    for i, (text, value) in enumerate(got):
+        want = value_of(expected[i])
+        if not _equal(value, want):
+            where = f"pair {i}: " if op == "check_program" else ""
+            return {"status": "wrong", "output": output, "message": _short(f"{where}expected {want!r}, got {text}")}
+    return {"status": "ok", "output": output, "message": ""}
+
+
+def _from_forker(forker):
+    """The forker's next message (dict) and the descriptors that came with it."""
+    message, fds, _, _ = socket.recv_fds(forker, 1024, 3)
+    if not message:
+        raise EOFError("the forker is gone")
+    return json.loads(message), fds
+
+
+def _collect(pidfd, res_r, out_r, timeout_s):
+    """Read the child's reply and the start of its stdout/stderr until it exits, its reply passes
+    MAX_REPLY_BYTES, or timeout_s passes; (reply, output, timed_out)."""
+    reply = bytearray()
+    output = bytearray()
+    deadline = time.monotonic() + timeout_s
+    open_fds = [pidfd, res_r, out_r]
+    while pidfd in open_fds and len(reply) <= MAX_REPLY_BYTES:
+        ready = select.select(open_fds, [], [], max(deadline - time.monotonic(), 0))[0]
+        if not ready:
+            return reply, output, True
+        for fd in ready:
+            chunk = os.read(fd, 1 << 16) if fd != pidfd else b""
+            if not chunk:  # the child exited, or every writer of this pipe did
+                open_fds.remove(fd)
+            elif fd == res_r:
+                reply += chunk
+            else:  # keep the start of stdout/stderr, drain and drop the rest
+                output += chunk[:KEPT_OUTPUT_BYTES - len(output)]
+    return reply, output, False
+
+
+def _read_rest(fd, reply):
+    """Append what is left in the reply pipe once all its writers are dead."""
+    os.set_blocking(fd, False)
+    with contextlib.suppress(BlockingIOError):
+        while len(reply) <= MAX_REPLY_BYTES and (chunk := os.read(fd, 1 << 16)):
+            reply += chunk
+
+
+def _parsed_reply(reply):
+    """The child's reply dict, or None if `reply` is not one (the child died first, or wrote something else)."""
+    if len(reply) > MAX_REPLY_BYTES:
+        return None
+    with contextlib.suppress(ValueError, TypeError, KeyError, RecursionError):
+        parsed = json.loads(reply)
+        if parsed["status"] in STATUSES and isinstance(parsed.get("message", ""), str):
+            return parsed
+    return None
+
+
+def _death(status, output):
+    """Error reply for a child that sent no reply, from its wait status and the start of its output."""
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
+        return {"status": "timeout", "message": "CPU time limit"}
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == SETUP_FAILED:
+        return {"status": "error", "message": "sandbox setup failed"}
+    if os.WIFSIGNALED(status):
+        how = f"signal {os.WTERMSIG(status)}"
+    else:
+        how = f"code {os.waitstatus_to_exitcode(status)}"
+    return {"status": "error", "message": _short(f"died without a result ({how}): {output.decode(errors='replace')}")}
+
+
+def _sandboxed(job, cfg, features, forker):
+    """Run `job` in the child the forker has ready, within the wall clock; the child's reply dict."""
+    started, fds = _from_forker(forker)
+    if "error" in started:
+        forker.send(b"done")
+        return {"status": "error", "message": started["error"]}
+    job_w, res_r, out_r = fds
+    pidfd = os.pidfd_open(started["pid"])  # readable once the child exits, whoever holds its pipes
+    try:
+        with contextlib.suppress(BrokenPipeError):  # the child died first: its wait status says why
+            _send(job_w, job)
+        os.close(job_w)
+        reply, output, timed_out = _collect(pidfd, res_r, out_r, cfg["timeout_s"])
+        if not timed_out and features["pid_ns"]:
+            # The child exited, and as the init of its PID namespace took everything inside along: with a
+            # reply in hand, answer now and let the forker reap it meanwhile.
+            _read_rest(res_r, reply)
+            parsed = _parsed_reply(reply)
+            if parsed:
+                forker.send(b"done")
+                return parsed
+        forker.send(b"status")
+        status = _from_forker(forker)[0]["status"]  # the forker has killed and reaped all the child started
+        _read_rest(res_r, reply)
+    finally:
+        os.close(pidfd)
+        os.close(res_r)
+        os.close(out_r)
+    if timed_out:
+        return {"status": "timeout", "message": f"wall clock {cfg['timeout_s']} s"}
+    return _parsed_reply(reply) or _death(status, output)
+
+
+def _handle(op, args, cfg, features, forker):
+    """Reply dict (Result fields) for one call: check it, run it in a child, judge what comes back."""
+    error = _call_error(op, args)
+    if error:
+        return error
+    inputs = _inputs_of(op, args)
+    error = _static_error(op, args[0], inputs, frozenset(cfg["banned"]))
+    if error:
+        return error
+    job = {"op": op, "program": args[0], "inputs": inputs, "max_output_chars": cfg["max_output_chars"]}
+    reply = _sandboxed(job, cfg, features, forker)
+    if reply["status"] != "ok" or op in ("validate", "run_script"):
+        return {"status": reply["status"], "output": str(reply.get("output", "")),
+                "message": str(reply.get("message", ""))}
+    return _verdict(op, reply, _expected_of(op, args), cfg["max_output_chars"])
+
+
 def _worker_main(config_json):
     """Serve calls from the trainer over stdin/stdout until stdin closes."""
     cfg = json.loads(config_json)
     _sys("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    _sys("prctl", PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of a program come back to us, not init
     if os.getppid() != cfg["trainer_pid"]:  # the trainer died before we could ask to follow it
         os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the trainer, which then closes us
     sys.setrecursionlimit(10_000)  # decoding deeply nested values
-    requests, replies = os.dup(0), os.dup(1)
+    requests = os.dup(0)
+    replies = os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)  # stray prints must not corrupt the protocol
     for fd in (0, 1):
         os.dup2(null, fd)
-    for name in PRELOADED:
-        __import__(name)
-    features = _probe(cfg)
-    _send(replies, {k: bool(features[k]) for k in ("root", "net_ns", "pid_ns", "mount_ns", "memory_cgroup")})
+    forker_pid, forker = _start_forker(cfg, (requests, replies))  # now, while this process holds no call's data
+    granted = forker.recv(1024)
+    if not granted:  # the forker could not start a sandbox (its traceback is on stderr)
+        os._exit(1)
+    _sys("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)  # a program running as our uid (no root) cannot read our memory
+    features = json.loads(granted)  # what the OS granted the sandbox: root, net_ns, pid_ns, ... (bools)
+    _send(replies, features)
     while True:
         try:
             op, args = _read_message(requests)
-        except EOFError:
-            with contextlib.suppress(OSError, TypeError):
-                os.rmdir(features["memory_cgroup"])
+        except EOFError:  # the trainer closed us: the forker cleans up (child, work dir, cgroup), then we exit
+            forker.close()
+            os.waitpid(forker_pid, 0)
             os._exit(0)
         try:
-            reply = _handle(op, args, cfg, features)
+            reply = _handle(op, args, cfg, features, forker)
+        except EOFError:  # the forker is gone: the trainer replaces this worker
+            os._exit(1)
         except Exception as e:  # noqa: BLE001 - a worker bug must cost one call, not the batch
             reply = {"status": "error", "message": _short(f"executor error: {e!r}")}
         _send(replies, reply)
@@ -668,7 +983,7 @@ class Executor:
                     self._replace(worker)
         return results
 
-    def validate(self, program, input):  # spec section 4; .output = repr(f(input)) when ok
+    def validate(self, program, input):  # the paper's task validation; .output = repr(f(input)) when ok
         return self.run_batch([("validate", program, input)])[0]
 
     def check_output(self, program, input, predicted_output):  # ok iff value(predicted) == f(input)

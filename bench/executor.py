@@ -1,17 +1,24 @@
-"""Executor throughput: validations per second through Executor.run_batch, for trivial programs and for
-a mix of AZR-like programs (with a few errors and timeouts), at 1, 2 and N workers. Also the obvious
-alternative for scale: a fresh `python` subprocess per program (no sandbox at all).
+"""Executor throughput: calls per second through Executor.run_batch, for validate (trivial programs, a mix of
+AZR-like programs, the mix with a few errors and timeouts) and for the checks that score solvers (check_output,
+check_input, check_program on the AZR-like mix), at 1, 2 and N workers; each figure is the median of --runs
+measurements. Also the obvious alternative for scale: a fresh `python` subprocess per program (no sandbox).
 
-    python bench/executor.py [--calls 400] [--workers 1,2,4] [--timeout 1.0]
+With --baseline OTHER/executor.py (e.g. main's, from `git show main:executor.py > /tmp/old/executor.py`),
+every measurement alternates between that executor and this one, so both see the same machine load, and the
+table gets the change in calls per second.
+
+    python bench/executor.py [--calls 400] [--workers 1,2,N] [--timeout 1.0] [--runs 3] [--baseline PATH]
 """
 import argparse
+import importlib.util
 import os
+import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from executor import Executor  # noqa: E402
+import executor  # noqa: E402
 
 TRIVIAL = ("def f(x):\n    return x", "1")
 
@@ -52,9 +59,35 @@ def mix(n, faults):
     return calls
 
 
-def run(calls, workers, timeout_s):
-    with Executor(workers=workers, timeout_s=timeout_s) as ex:
-        ex.run_batch(calls[:2 * workers])  # warm up
+def check_workloads(n, golds):
+    """n calls of each check on the AZR-like mix, all answered right (the cost of a wrong answer is the same):
+    check_output and check_input with the gold output, check_program with 5 hidden pairs (the gold pair 5
+    times: five runs of f, five comparisons)."""
+    outputs = []
+    inputs = []
+    programs = []
+    for i in range(n):
+        program, inp = AZR_LIKE[i % len(AZR_LIKE)]
+        gold = golds[i % len(AZR_LIKE)]
+        outputs.append(("check_output", program, inp, gold))
+        inputs.append(("check_input", program, inp, gold))
+        programs.append(("check_program", program, [(inp, gold)] * 5))
+    return [("check_output, AZR-like", outputs), ("check_input, AZR-like", inputs),
+            ("check_program, AZR-like, 5 pairs", programs)]
+
+
+def load_executor(path):
+    """The executor module in the file at `path` (another version of executor.py)."""
+    spec = importlib.util.spec_from_file_location("baseline_executor", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(module, calls, workers, timeout_s):
+    """(seconds for run_batch(calls), {status: count}) with module's Executor, after a warm-up batch."""
+    with module.Executor(workers=workers, timeout_s=timeout_s) as ex:
+        ex.run_batch(calls[:2 * workers])
         start = time.perf_counter()
         results = ex.run_batch(calls)
         seconds = time.perf_counter() - start
@@ -73,29 +106,61 @@ def fresh_python(calls):
     return time.perf_counter() - start
 
 
+def table_row(name, calls, workers, args, baseline):
+    """One row of the table: the median of args.runs measurements (alternating with the baseline's, if any)."""
+    seconds = []
+    baseline_seconds = []
+    for _ in range(args.runs):
+        if baseline:
+            baseline_seconds.append(run(baseline, calls, workers, args.timeout)[0])
+        elapsed, statuses = run(executor, calls, workers, args.timeout)
+        seconds.append(elapsed)
+    median = statistics.median(seconds)
+    rate = len(calls) / median
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+    if not baseline:
+        return f"| {name} | {workers} | {len(calls)} | {median:.2f} | {rate:.0f} | {summary} |"
+    baseline_rate = len(calls) / statistics.median(baseline_seconds)
+    change = 100 * (rate / baseline_rate - 1)
+    return f"| {name} | {workers} | {len(calls)} | {baseline_rate:.0f} | {rate:.0f} | {change:+.0f}% | {summary} |"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=400, help="validations per measurement")
+    parser.add_argument("--calls", type=int, default=400, help="calls per measurement")
     parser.add_argument("--workers", default="1,2,N", help="comma-separated worker counts; N = usable CPUs")
     parser.add_argument("--timeout", type=float, default=1.0, help="executor timeout_s (the mix has timeouts)")
+    parser.add_argument("--runs", type=int, default=3, help="measurements per figure (the median is shown)")
+    parser.add_argument("--baseline", help="another executor.py to measure alternately with this one")
     args = parser.parse_args()
     cpus = len(os.sched_getaffinity(0))
     counts = sorted({cpus if w.strip() == "N" else int(w) for w in args.workers.split(",")})
-    print(f"{cpus} CPUs, load average {os.getloadavg()[0]:.2f} at start, timeout_s={args.timeout}\n")
-    print("| workload | workers | calls | seconds | validations/s | statuses |")
-    print("|---|---:|---:|---:|---:|---|")
-    workloads = [("trivial", [("validate", *TRIVIAL)] * args.calls), ("AZR-like", mix(args.calls, False)),
-                 ("AZR-like + 4% errors + 1% timeouts", mix(args.calls, True))]
+    baseline = load_executor(args.baseline) if args.baseline else None
+    with executor.Executor(workers=1) as ex:
+        golds = [r.output for r in ex.run_batch([("validate", p, i) for p, i in AZR_LIKE])]
+    workloads = [("validate, trivial", [("validate", *TRIVIAL)] * args.calls),
+                 ("validate, AZR-like", mix(args.calls, False)),
+                 ("validate, AZR-like + 4% errors + 1% timeouts", mix(args.calls, True))]
+    workloads += check_workloads(args.calls, golds)
+
+    print(f"{cpus} CPUs, load average {os.getloadavg()[0]:.2f} at start, timeout_s={args.timeout}, "
+          f"median of {args.runs} runs\n")
+    if baseline:
+        print("| workload | workers | calls | baseline calls/s | calls/s | change | statuses |")
+        print("|---|---:|---:|---:|---:|---:|---|")
+    else:
+        print("| workload | workers | calls | seconds | calls/s | statuses |")
+        print("|---|---:|---:|---:|---:|---|")
     for name, calls in workloads:
         for workers in counts:
-            seconds, statuses = run(calls, workers, args.timeout)
-            summary = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
-            print(f"| {name} | {workers} | {len(calls)} | {seconds:.2f} | {len(calls) / seconds:.0f} | {summary} |",
-                  flush=True)
+            print(table_row(name, calls, workers, args, baseline), flush=True)
     calls = mix(50, False)
-    seconds = fresh_python(calls)
-    print(f"| AZR-like, fresh `python` per program, no sandbox | 1 | {len(calls)} | {seconds:.2f} | "
-          f"{len(calls) / seconds:.0f} | - |")
+    rate = len(calls) / fresh_python(calls)
+    name = "validate, AZR-like, fresh `python` per program, no sandbox"
+    if baseline:
+        print(f"| {name} | 1 | {len(calls)} | - | {rate:.0f} | - | - |")
+    else:
+        print(f"| {name} | 1 | {len(calls)} | - | {rate:.0f} | - |")
     print(f"\nload average {os.getloadavg()[0]:.2f} at end")
 
 

@@ -1,6 +1,7 @@
 """Tests for executor.py: one test per attack from the issue (each also checks that this process is
 unaffected), correctness of every operation on tricky values, run_batch ordering and worker replacement."""
 import ast
+import contextlib
 import os
 import socket
 import tempfile
@@ -55,23 +56,37 @@ def sentinel(tmp_path_factory):
     return path
 
 
-def stray_processes(ex):
-    """Processes a sandbox left behind: any process of this executor's sandbox uids (root; each test
-    executor has its own, apart from other executors on the machine), or any child of a worker.
-    Zombies don't count: they are dead, waiting for the host's init to reap them."""
-    worker_pids = {p.pid for p in ex._procs}
-    uids = {str(ex._config["sandbox_uid"] - i) for i in range(ex.workers)}
-    strays = []
+def live_processes():
+    """{pid: /proc/<pid>/status fields} of every process that is not a zombie (zombies are dead, waiting
+    for the host's init to reap them)."""
+    processes = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/status") as fh:
                 fields = dict(line.split(":", 1) for line in fh if ":" in line)
         except OSError:
             continue  # exited while we looked
-        if fields["State"].strip().startswith("Z"):
-            continue
-        if fields["Uid"].split()[0] in uids or int(fields["PPid"]) in worker_pids:
+        if not fields["State"].strip().startswith("Z"):
+            processes[int(pid)] = fields
+    return processes
+
+
+def stray_processes(ex):
+    """Processes a sandbox left behind. Between calls each worker has one child, its forker, and each forker
+    one child, waiting for the next call. Anything else is a stray: a second child of a worker or a forker,
+    or any process of this executor's sandbox uids (root; each test executor has its own, apart from other
+    executors on the machine) that is not a forker's child."""
+    processes = live_processes()
+    worker_pids = {p.pid for p in ex._procs}
+    uids = {str(ex._config["sandbox_uid"] - i) for i in range(ex.workers)}
+    forkers = [pid for pid, fields in processes.items() if int(fields["PPid"]) in worker_pids]
+    waiting = [pid for pid, fields in processes.items() if int(fields["PPid"]) in forkers]
+    strays = []
+    for pid, fields in processes.items():
+        if fields["Uid"].split()[0] in uids and pid not in waiting:
             strays.append((pid, fields["Name"].strip()))
+    if len(forkers) > len(worker_pids) or len(waiting) > len(forkers):
+        strays.append(("more than one child of a worker or a forker", forkers + waiting))
     return strays
 
 
@@ -255,10 +270,10 @@ def test_forged_reply_is_not_a_pass(ex, sentinel):
 
 def test_interface_constants():
     assert STATUSES == ("ok", "wrong", "error", "timeout", "banned", "nondeterministic", "too_long", "syntax")
-    spec_section_4 = """logging, random, multiprocessing, subprocess, threading, datetime, time, hashlib, hmac,
+    banned = """logging, random, multiprocessing, subprocess, threading, datetime, time, hashlib, hmac,
         calendar, os, sys, shutil, socket, signal, ctypes, pathlib, io, tempfile, pickle, importlib, builtins,
         gc, inspect, asyncio, concurrent, secrets, uuid, resource"""
-    assert sorted(BANNED_MODULES) == sorted(m.strip() for m in spec_section_4.split(","))
+    assert sorted(BANNED_MODULES) == sorted(m.strip() for m in banned.split(","))
 
 
 def test_validate(ex):
@@ -278,7 +293,7 @@ def test_validate_determinism(ex):
     counter = "calls = [0]\ndef f(x):\n    calls[0] += 1\n    return x + calls[0]"
     assert ex.validate(counter, "1").status == "nondeterministic"
     assert ex.validate("def f(x):\n    return object()", "1").status == "nondeterministic"
-    # nan != nan, so a program returning nan fails the == half of the check (spec section 4).
+    # nan != nan, so a program returning nan fails the == half of the determinism check.
     assert ex.validate("def f(x):\n    return float('nan')", "1").status == "nondeterministic"
     mutates = "def f(a):\n    a.append(1)\n    return a"
     assert ex.validate(mutates, "[0]") == Result("ok", "[0, 1]")  # the input is rebuilt for each run
@@ -425,6 +440,19 @@ def test_custom_banned_list_and_limits():
         assert ex.validate("def f(x):\n    return x", "'0123456789'").status == "too_long"
 
 
+def work_dirs(ex):
+    """The fresh working directories (no mount namespace) of this executor's children: owned by its sandbox
+    uids, or with no uid drop (not root) any."""
+    uids = {ex._config["sandbox_uid"] - i for i in range(ex.workers)}
+    found = []
+    for name in os.listdir(tempfile.gettempdir()):
+        path = os.path.join(tempfile.gettempdir(), name)
+        with contextlib.suppress(OSError):
+            if name.startswith("azr-sandbox-") and (not ex.sandbox["root"] or os.stat(path).st_uid in uids):
+                found.append(name)
+    return found
+
+
 def test_without_namespaces(sentinel):
     """Where the OS grants no namespaces: rlimits, the uid drop and the group/uid-wide kills still hold."""
     with Executor(workers=2, timeout_s=TIMEOUT_S, memory_mb=512, namespaces=False, sandbox_uid=63000) as ex:
@@ -441,5 +469,6 @@ def test_without_namespaces(sentinel):
         assert ex.validate(kill_program([os.getpid()] + before), "1").status in ("ok", "error")
         if ex.sandbox["root"]:  # as the trainer's own uid the program could kill the workers
             assert [p.pid for p in ex._procs] == before
-        assert not [d for d in os.listdir(tempfile.gettempdir()) if d.startswith("azr-sandbox-")]
+        assert len(work_dirs(ex)) <= ex.workers  # those of the children waiting for the next call
         assert_unaffected(ex, sentinel)
+    assert work_dirs(ex) == []
