@@ -9,7 +9,7 @@ the weight bytes read per decode step times steps per second (batch 1 is bound b
 the GPU's memory bandwidth, --bandwidth-gbs, for the roofline fraction).
 
     python bench/sampler.py                                   # embedded SmolLM2-135M, CPU, fp32
-    python bench/sampler.py --model ../shared/data/configs/qwen2.5-0.5b.json --device cuda --dtype bfloat16 \
+    python bench/sampler.py --model data/configs/qwen2.5-0.5b.json --device cuda --dtype bfloat16 \
         --batch-sizes 1,64 --new-tokens 512 --bandwidth-gbs 4800
 
 --model is "smollm2-135m", an HF checkpoint directory, or a config.json (random weights of that shape).

@@ -14,7 +14,7 @@ from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
 import model as M
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "configs", "*.json")))
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "data", "configs", "*.json")))
 TINY = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256)
 FAMILIES = {
