@@ -106,7 +106,8 @@ def main():
     args = parser.parse_args()
     if args.model != M.EMBEDDED_MODEL and not os.path.exists(args.model):
         sys.exit(f"--model {args.model!r}: no such file or directory")
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
     hf = reference_model(args.model, dtype).to(device).eval()
     ours = our_model(hf)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
