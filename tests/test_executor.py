@@ -278,7 +278,7 @@ def test_validate_determinism(ex):
     counter = "calls = [0]\ndef f(x):\n    calls[0] += 1\n    return x + calls[0]"
     assert ex.validate(counter, "1").status == "nondeterministic"
     assert ex.validate("def f(x):\n    return object()", "1").status == "nondeterministic"
-    # nan != nan, so a program returning nan fails the == half of the check (spec section 4).
+    # nan != nan, so a program returning nan fails the == half of the check (docs/algorithm.md, check 5).
     assert ex.validate("def f(x):\n    return float('nan')", "1").status == "nondeterministic"
     mutates = "def f(a):\n    a.append(1)\n    return a"
     assert ex.validate(mutates, "[0]") == Result("ok", "[0, 1]")  # the input is rebuilt for each run
