@@ -60,7 +60,8 @@ class Config:
     """Every setting of a run; each field is a CLI flag (--batch-size for batch_size). The defaults are
     the paper's GPU settings; CPU_PRESET below replaces some of them on a machine without CUDA."""
     # run
-    model: str = option(CPU_DEFAULT_MODEL, "HF checkpoint directory (Qwen2/2.5, Qwen3, Llama 3) or an embedded model's name")
+    model: str = option(CPU_DEFAULT_MODEL, "HF checkpoint directory (Qwen2/2.5, Qwen3, Llama 3) or an embedded "
+                                           "model's name")
     prompt_format: str = option("auto", "chat, plain or auto: chat for the embedded models and for checkpoints that "
                                         "record it, plain otherwise")
     device: str = option("auto", "auto, cpu or cuda")
