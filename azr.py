@@ -1,35 +1,39 @@
-"""Absolute Zero self-play: the config and the training loop, top to bottom.
+"""Absolute Zero self-play: the config and the training loop, in the order a step runs.
 
-One model plays two roles against a Python executor (spec: ../shared/docs/azr-spec.md). Each step,
-for each task type (deduction, abduction, induction):
-  1. propose: batch_size proposer prompts, each showing references sampled from that type's buffer;
-  2. validate the proposals in the executor (buffers.score_proposals);
-  3. learnability: n_solve_samples solver rollouts per valid proposal -> r_propose = 1 - s (eq. 4);
-  4. add valid proposals to the buffer;
-  5. solve: batch_size tasks (this step's new ones first, topped up from the buffer), scored 1/0;
-then TRR++ advantages over the six (type, role) groups (eq. 8) and one AdamW step on all 6 x batch_size
-rollouts. The buffers are seeded first (spec section 9).
+One model plays two roles against a Python executor (docs/algorithm.md describes the algorithm, with
+every constant and where it lives). Before the first step the buffers are seeded with valid proposals
+of the base model (phases 1-2 without training). Then each step, for all three task types
+(deduction, abduction, induction) together:
 
-Run:  python azr.py                                  (CPU preset + embedded SmolLM2-135M when no GPU)
+  1. propose: batch_size proposer prompts per type, each showing references drawn from the buffers
+     (K triplets of that type's buffer; for induction one program of the triplet buffers' union);
+  2. validate: parse the proposals and check them in the executor (buffers.score_proposals);
+  3. learnability: n_solve_samples solver rollouts per valid proposal give its solve rate s and the
+     proposer's reward 1 - s when 0 < s < 1 (eq. 4, composite reward eq. 6); not trained on;
+  4. add to buffers: every rank's valid proposals, in rank order;
+  5. solver tasks: batch_size per type, this step's new tasks first, topped up from the buffer;
+  6. solve: one response per task, rewarded 1 if correct, else a penalty (eq. 6);
+  7. TRR++: advantages normalised within each of the six (type, role) groups over all ranks (eq. 8);
+  8. update: one clipped AdamW step on the policy-gradient loss of all 6 x batch_size rollouts.
+
+The file reads top to bottom: config and CLI, distributed helpers, sampling, the self-play phases
+1-6, the update (phases 7-8), the loop. rundir.py owns what a run writes to disk.
+
+Run:  python azr.py                                  (CPU preset + embedded Qwen2.5-Coder-0.5B when no GPU)
       torchrun --nproc_per_node=8 azr.py --model DIR (the paper's settings on a GPU node)
 """
 import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
@@ -37,60 +41,72 @@ from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 import buffers
-from buffers import ROLES, TASK_TYPES, Rewards, TaskBuffer
+import rundir
+from buffers import ROLES, TASK_TYPES, Rewards
 from executor import BANNED_MODULES, Executor
 from model import (CPU_DEFAULT_MODEL, EMBEDDED_MODELS, KVCache, Transformer, default_stop_ids, generate, load_model,
-                   recorded_prompt_format, save_hf_checkpoint)
+                   recorded_prompt_format)
 from trr import policy_gradient_loss, trr_advantages
+
+
+# ----------------------------------------------------------------------------- config
+def option(default, help_text):
+    """A Config field with the one-line help text that `python azr.py --help` shows."""
+    return field(default=default, metadata={"help": help_text})
 
 
 @dataclass
 class Config:
+    """Every setting of a run; each field is a CLI flag (--batch-size for batch_size). The defaults are
+    the paper's GPU settings; CPU_PRESET below replaces some of them on a machine without CUDA."""
     # run
-    model: str = CPU_DEFAULT_MODEL  # HF checkpoint dir (Qwen2/2.5, Qwen3, Llama 3) or an embedded model's name
-    prompt_format: str = "auto"  # chat | plain | auto: chat for embedded/instruct checkpoints that record it
-    device: str = "auto"  # auto | cpu | cuda
-    preset: str = "auto"  # auto (cpu when CUDA is absent) | gpu | cpu: the defaults below are the gpu preset
-    out: str = ""  # run directory; default runs/<timestamp>
-    resume: str = ""  # continue the run in this directory
-    seed_from: str = ""  # reuse the seed buffers of another run
-    plot: str = ""  # only plot this run's metrics to a PNG and exit
-    seed: int = 0
-    steps: int = 500
-    checkpoint_every: int = 50
-    samples_per_step: int = 2  # decoded proposals and solutions per group written to samples.jsonl
-    # self-play (spec sections 2, 5, 8, 9)
-    batch_size: int = 64  # rollouts per (task type, role) per step, across all ranks
-    num_references: int = 6  # K
-    n_solve_samples: int = 8  # solver rollouts per valid proposal for learnability
-    seed_size: int = 256
-    seed_max_rounds: int = 20
-    max_prompt_tokens: int = 6144
-    max_response_tokens: int = 8096
-    temperature: float = 1.0
-    top_p: float = 1.0
-    format_penalty: float = -1.0  # malformed response or unparseable payload (eq. 6)
-    wrong_penalty: float = -0.5  # solver: well-formed but wrong
-    invalid_penalty: float = -1.0  # proposer: well-formed, but the task fails validation
-    unlearnable_penalty: float = -0.5  # proposer: valid, but solved by all or none of the rollouts
-    # executor (spec sections 4, 7)
-    exec_timeout_s: float = 5.0
-    exec_workers: int = 0  # 0: one per CPU core
-    exec_memory_mb: int = 1024
-    max_output_chars: int = 1000
-    # optimisation (spec section 6)
-    lr: float = 1e-6
-    lr_warmup_steps: int = 0  # linear warm-up from lr / lr_warmup_steps; 0: constant lr from the first step
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    micro_batch_size: int = 4  # sequences per forward/backward
-    generation_batch_size: int = 128  # sequences decoded together (bounds the KV cache)
-    activation_checkpointing: bool = True
-    zero: bool = False  # shard AdamW state across ranks (ZeroRedundancyOptimizer)
-    fsdp: bool = False  # FSDP2: shard weights, gradients and AdamW state across ranks (7B/8B on 80 GB GPUs)
-    kv_cache_gib: float = 0.0  # sampler KV cache per GPU; 0: half the memory free after setup (CPU: unused)
+    model: str = option(CPU_DEFAULT_MODEL, "HF checkpoint directory (Qwen2/2.5, Qwen3, Llama 3) or an embedded "
+                                           "model's name")
+    prompt_format: str = option("auto", "chat, plain or auto: chat for the embedded models and for checkpoints that "
+                                        "record it, plain otherwise")
+    device: str = option("auto", "auto, cpu or cuda")
+    preset: str = option("auto", "gpu (the defaults shown), cpu, or auto: cpu when CUDA is absent or --device cpu")
+    out: str = option("", "run directory (default: runs/<timestamp>)")
+    resume: str = option("", "continue the run in this directory; flags given with it override its config.json")
+    seed_from: str = option("", "start from the seed buffers of this earlier run instead of seeding")
+    plot: str = option("", "only plot this run directory's metrics to metrics.png, then exit")
+    seed: int = option(0, "run seed: references, solver tasks and sampling are reproducible from it")
+    steps: int = option(500, "training steps")
+    checkpoint_every: int = option(50, "write a checkpoint every this many steps, and after the last")
+    samples_per_step: int = option(2, "decoded proposals and solutions per group written to samples.jsonl per step")
+    # self-play
+    batch_size: int = option(64, "rollouts per (task type, role) per step, across all ranks")
+    num_references: int = option(6, "K: reference triplets shown to a deduction or abduction proposer")
+    n_solve_samples: int = option(8, "solver rollouts per valid proposal that measure its learnability (eq. 4)")
+    seed_size: int = option(256, "tasks per buffer after seeding")
+    seed_max_rounds: int = option(20, "seeding rounds at most, for the triplets and again for induction")
+    max_prompt_tokens: int = option(6144, "a longer prompt is re-drawn or dropped, never truncated")
+    max_response_tokens: int = option(8096, "tokens sampled per response at most")
+    temperature: float = option(1.0, "sampling temperature")
+    top_p: float = option(1.0, "nucleus sampling: keep the likeliest tokens up to this probability mass (1: off)")
+    format_penalty: float = option(-1.0, "reward of a malformed response or unparseable payload, both roles (eq. 6)")
+    wrong_penalty: float = option(-0.5, "solver: reward of a well-formed wrong answer (eq. 6)")
+    invalid_penalty: float = option(-1.0, "proposer: reward of a well-formed task that fails validation")
+    unlearnable_penalty: float = option(-0.5, "proposer: reward of a valid task that all or none of the rollouts solve")
+    # executor
+    exec_timeout_s: float = option(5.0, "wall-clock limit per sandboxed program run, in seconds")
+    exec_workers: int = option(0, "sandbox worker processes per rank (0: the node's cores shared among its ranks)")
+    exec_memory_mb: int = option(1024, "memory limit per sandboxed program, in MiB")
+    max_output_chars: int = option(1000, "a proposal whose output repr is longer is invalid")
+    # optimisation
+    lr: float = option(1e-6, "AdamW learning rate")
+    lr_warmup_steps: int = option(0, "linear warm-up from lr / lr_warmup_steps over this many steps (0: constant lr)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.999, "AdamW beta2")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "clip the gradient norm to this")
+    micro_batch_size: int = option(4, "sequences per forward and backward in the update")
+    generation_batch_size: int = option(128, "sequences decoded together at most (the KV cache's rows)")
+    activation_checkpointing: bool = option(True, "recompute each block's activations in the backward to save memory")
+    zero: bool = option(False, "shard AdamW's state across ranks (ZeroRedundancyOptimizer)")
+    fsdp: bool = option(False, "FSDP2 under torchrun: shard weights, gradients and AdamW state across ranks")
+    kv_cache_gib: float = option(0.0, "sampler KV cache per GPU in GiB (0: half the memory free after setup; "
+                                      "unused on CPU)")
 
 
 # Sized so `python azr.py` trains Qwen2.5-Coder-0.5B-Instruct on a 2-core CPU for about an hour and the
@@ -103,16 +119,32 @@ CPU_PRESET = dict(steps=6, checkpoint_every=3, batch_size=3, num_references=2, n
                   activation_checkpointing=False)
 
 
+def flag_help(config_field):
+    """The field's help text with its default (and its CPU-preset value, where that differs)."""
+    text = config_field.metadata["help"]
+    if config_field.default == "":
+        return text
+    text += f" (default: {config_field.default}"
+    if config_field.name in CPU_PRESET:
+        text += f"; cpu preset: {CPU_PRESET[config_field.name]}"
+    return text + ")"
+
+
 def parse_config(argv=None):
     """Defaults <- preset <- the resumed run's config.json <- explicit CLI flags."""
     parser = argparse.ArgumentParser(description="Absolute Zero self-play training.")
-    for field in dataclasses.fields(Config):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+    for config_field in dataclasses.fields(Config):
+        flag = "--" + config_field.name.replace("_", "-")
+        if config_field.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=flag_help(config_field))
         else:
-            parser.add_argument(flag, type=field.type, default=None, metavar=field.name.upper())
-    explicit = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+            parser.add_argument(flag, type=config_field.type, default=None, metavar=config_field.name.upper(),
+                                help=flag_help(config_field))
+    explicit = {}
+    for name, value in vars(parser.parse_args(argv)).items():
+        if value is not None:
+            explicit[name] = value
     values = {}
     if explicit.get("resume"):
         saved = os.path.join(explicit["resume"], "config.json")
@@ -126,25 +158,52 @@ def parse_config(argv=None):
         if preset not in ("auto", "gpu", "cpu"):
             parser.error(f"--preset must be auto, gpu or cpu, not {preset!r}")
         device = explicit.get("device", "auto")
-        if preset == "cpu" or (preset == "auto" and (device == "cpu" or not torch.cuda.is_available())):
+        no_gpu = device == "cpu" or not torch.cuda.is_available()
+        if preset == "cpu" or (preset == "auto" and no_gpu):
             values.update(CPU_PRESET)
     values.update(explicit)
-    return Config(**{k: v for k, v in values.items() if k in Config.__dataclass_fields__})
+    known = {name: value for name, value in values.items() if name in Config.__dataclass_fields__}
+    return Config(**known)
+
+
+def check_config(cfg):
+    """A one-line error for a flag that cannot work, before any work is done; None when all is well."""
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        return f"azr: --device must be auto, cpu or cuda, not {cfg.device!r}"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        return "azr: --device cuda but CUDA is not available"
+    if cfg.fsdp and cfg.zero:
+        return "azr: --fsdp already shards the optimizer state; drop --zero"
+    if cfg.fsdp and "MASTER_ADDR" not in os.environ:
+        return "azr: --fsdp runs under torchrun, e.g. torchrun --nproc_per_node=8 azr.py --fsdp"
+    if cfg.model not in EMBEDDED_MODELS and not os.path.isfile(os.path.join(cfg.model, "config.json")):
+        return (f"azr: --model {cfg.model}: not an HF checkpoint directory (no config.json); "
+                f"pass one, or an embedded model: {', '.join(EMBEDDED_MODELS)}")
+    if cfg.prompt_format not in ("auto",) + buffers.PROMPT_FORMATS:
+        return f"azr: --prompt-format must be auto, chat or plain, not {cfg.prompt_format!r}"
+    if cfg.seed_from:
+        for task_type in TASK_TYPES:
+            if not os.path.isfile(os.path.join(cfg.seed_from, "seeds", f"{task_type}.jsonl")):
+                return f"azr: --seed-from {cfg.seed_from}: no seeds/{task_type}.jsonl there"
+    return None
 
 
 # ----------------------------------------------------------------------------- distributed
 def setup_distributed(cfg):
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; nccl on CUDA, gloo on CPU (spec section 10)."""
+    """-> rank, world size, device. torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; nccl on CUDA, gloo on CPU."""
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
     if (world > 1 or cfg.fsdp) and not dist.is_initialized():  # FSDP needs a process group even alone
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return rank, (dist.get_world_size() if dist.is_initialized() else 1), device
+    if not dist.is_initialized():
+        return 0, 1, device
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def all_gather(obj):
@@ -156,337 +215,24 @@ def all_gather(obj):
     return gathered
 
 
+def in_rank_order(lists_per_rank):
+    """all_gather of a list -> one list: rank 0's items, then rank 1's, ..."""
+    joined = []
+    for items in lists_per_rank:
+        joined.extend(items)
+    return joined
+
+
 # ----------------------------------------------------------------------------- sampling
-@dataclass
-class Rollout:
-    """One trained sequence: prompt and sampled response tokens, its group and its reward."""
-    task_type: str
-    role: str
-    prompt_tokens: list
-    response_tokens: list
-    response_text: str
-    reward: float = 0.0
-    format_ok: bool = True
-    valid: bool = True  # proposer: the proposal passed validation
-    solve_rate: float = float("nan")  # proposer: s over the learnability rollouts; solver: 1/0
-
-    @property
-    def group(self):
-        return TASK_TYPES.index(self.task_type) * len(ROLES) + ROLES.index(self.role)
-
-    def summary(self):
-        """What the metrics need, without the tokens (cheap to gather across ranks)."""
-        return {"group": f"{self.task_type}/{self.role}", "reward": self.reward, "format_ok": self.format_ok,
-                "valid": self.valid, "solve_rate": self.solve_rate, "length": len(self.response_tokens)}
-
-
-class Sampler:
-    """Turns task texts into prompt tokens (in the run's prompt format), decodes in batches that fill
-    the run's KV cache, with a progress bar, and counts tokens. `model` is the sampler's own copy of the
-    weights (sampler_model)."""
-
-    def __init__(self, model, tokenizer, cfg, device, cache, sample_fn=generate):
-        self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
-        self.sample_fn, self.stop_ids = sample_fn, default_stop_ids(tokenizer)
-        self.cache = cache
-        self.tokens, self.seconds = 0, 0.0  # sampled this step, for tokens/s
-
-    def encode(self, task_text):
-        return buffers.encode_prompt(self.tokenizer, task_text, self.cfg.prompt_format)
-
-    def fits(self, prompt_tokens):
-        return len(prompt_tokens) <= self.cfg.max_prompt_tokens
-
-    def __call__(self, prompts, n, seed, desc):
-        """prompts: token-id lists -> for each prompt, n (tokens, text) responses."""
-        start = time.time()
-        per_call = max(1, self.cache.rows // n)
-        results = []
-        with tqdm(total=len(prompts) * n, desc=desc, unit="seq", leave=False) as bar:
-            for i in range(0, len(prompts), per_call):
-                samples = self.sample_fn(self.model, prompts[i:i + per_call], self.cfg.max_response_tokens,
-                                         temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                         stop_ids=self.stop_ids, n=n, seed=seed + i, cache=self.cache)
-                for group in samples:
-                    results.append([(s.tokens, self.tokenizer.decode(s.tokens, skip_special_tokens=True))
-                                    for s in group])
-                    self.tokens += sum(len(s.tokens) for s in group)
-                bar.update(len(samples) * n)
-        self.seconds += time.time() - start
-        return results
-
-
-class TimedExecutor:
-    """The executor behind a progress bar and a clock; buffers.py scores through its run_batch."""
-
-    def __init__(self, executor, chunk):
-        self.executor, self.chunk, self.seconds = executor, chunk, 0.0
-
-    def run_batch(self, calls):
-        start = time.time()
-        results = []
-        with tqdm(total=len(calls), desc="execute", unit="prog", leave=False) as bar:
-            for i in range(0, len(calls), self.chunk):
-                results += self.executor.run_batch(calls[i:i + self.chunk])
-                bar.update(len(calls[i:i + self.chunk]))
-        self.seconds += time.time() - start
-        return results
-
-
-def sampling_seed(cfg, step, rank, phase):
-    """Different on every rank and phase, reproducible from (run seed, step)."""
-    return random.Random(f"{cfg.seed}-{step}-{rank}-{phase}").getrandbits(48)
-
-
-# ----------------------------------------------------------------------------- self-play pieces
-# Each phase samples the prompts of all three task types in one call: decoding cost is mostly the
-# weights' memory traffic per step, so one batch of 3B rows is far cheaper than three batches of B.
-
-def sample_by_type(sampler, prompts_by_type, n, seed, desc):
-    """{task_type: [prompt tokens]} -> {task_type: [n (tokens, text) responses per prompt]}."""
-    groups = iter(sampler([prompt for prompts in prompts_by_type.values() for prompt in prompts], n, seed, desc))
-    return {task_type: [next(groups) for _ in prompts] for task_type, prompts in prompts_by_type.items()}
-
-
-def proposer_jobs(buffer_map, task_type, count, rng, sampler, num_references):
-    """`count` proposer prompts for one task type, identical on every rank (shared rng).
-
-    Returns [(references, prompt_tokens)]; a prompt over max_prompt_tokens is re-sampled, never
-    truncated (spec section 3), and dropped after a few tries.
-    """
-    if task_type == "induction":  # one program from the union of the triplet buffers (spec section 2)
-        union = buffer_map["deduction"].items + buffer_map["abduction"].items
-        pool = list({(t.program, t.input): t for t in union}.values())  # the seeds are in both buffers
-    jobs = []
-    for _ in range(count):
-        for _attempt in range(4):
-            if task_type == "induction":
-                references = rng.choice(pool)
-            else:
-                references = buffer_map[task_type].sample(num_references, rng)
-            tokens = sampler.encode(buffers.proposer_prompt(task_type, references))
-            if sampler.fits(tokens):
-                jobs.append((references, tokens))
-                break
-    return jobs
-
-
-def propose(jobs_by_type, executor, sampler, seed, rank, world):
-    """Sample and validate this rank's slice of the jobs -> {task_type: [(job, response, Proposal)]}."""
-    mine = {task_type: jobs[rank::world] for task_type, jobs in jobs_by_type.items()}
-    responses = sample_by_type(sampler, {t: [tokens for _, tokens in jobs] for t, jobs in mine.items()}, 1, seed,
-                               "propose")
-    proposed = {}
-    for task_type, jobs in mine.items():
-        firsts = [group[0] for group in responses[task_type]]
-        proposals = buffers.score_proposals(executor, task_type, [text for _, text in firsts],
-                                            [references for references, _ in jobs])
-        proposed[task_type] = list(zip(jobs, firsts, proposals))
-    return proposed
-
-
-def estimate_learnability(proposed, executor, sampler, cfg, seed):
-    """{id(task): solve rate s} of every valid proposal over n_solve_samples rollouts (not trained on).
-
-    A task whose solver prompt is over max_prompt_tokens gets no rollouts: its s stays NaN, which
-    buffers.proposer_reward scores as unlearnable.
-    """
-    jobs = {t: [(p.task, sampler.encode(buffers.solver_prompt(t, p.task))) for _, _, p in items if p.valid]
-            for t, items in proposed.items()}
-    jobs = {t: [(task, tokens) for task, tokens in task_jobs if sampler.fits(tokens)] for t, task_jobs in jobs.items()}
-    n = cfg.n_solve_samples
-    responses = sample_by_type(sampler, {t: [tokens for _, tokens in j] for t, j in jobs.items()}, n, seed,
-                               "learnability")
-    solve_rates = {}
-    for task_type, task_jobs in jobs.items():
-        tasks = [task for task, _ in task_jobs]
-        texts = [text for group in responses[task_type] for _, text in group]
-        solutions = buffers.score_solutions(executor, task_type, [task for task in tasks for _ in range(n)], texts)
-        for i, task in enumerate(tasks):
-            solve_rates[id(task)] = sum(s.correct for s in solutions[i * n:(i + 1) * n]) / n
-    return solve_rates
-
-
-def add_gathered(buffer, tasks_per_rank):
-    """Add every rank's new tasks in rank order so all buffers stay identical; returns them."""
-    tasks = [task for rank_tasks in tasks_per_rank for task in rank_tasks]
-    for task in tasks:
-        buffer.add(task)
-    return tasks
-
-
-def solver_jobs(buffer, new_tasks, task_type, count, rng, sampler):
-    """This step's new valid tasks first, topped up uniformly from the buffer (spec section 8)."""
-    jobs = []
-    candidates = list(new_tasks)
-    for _attempt in range(4 * count + len(new_tasks)):
-        if len(jobs) == count:
-            break
-        if not candidates:
-            candidates = buffer.sample(count - len(jobs), rng)
-        task = candidates.pop(0)
-        tokens = sampler.encode(buffers.solver_prompt(task_type, task))
-        if sampler.fits(tokens):
-            jobs.append((task, tokens))
-    return jobs
-
-
-def seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log):
-    """Fill the buffers with valid proposals of the base model, no training (spec section 9): first the
-    triplet buffers (deduction and abduction proposals both feed both), then induction tasks for their programs."""
-    for phase, task_types in (("triplets", ("deduction", "abduction")), ("induction", ("induction",))):
-        for round_index in range(cfg.seed_max_rounds):
-            if all(len(buffer_map[t]) >= cfg.seed_size for t in task_types):
-                break
-            rng = random.Random(f"{cfg.seed}-seed-{phase}-{round_index}")
-            jobs = {t: proposer_jobs(buffer_map, t, cfg.batch_size, rng, sampler, cfg.num_references)
-                    for t in task_types}
-            proposed = propose(jobs, executor, sampler, sampling_seed(cfg, -1 - round_index, rank, phase), rank, world)
-            new = [p.task for items in proposed.values() for _, _, p in items if p.valid]
-            for task in [task for rank_tasks in all_gather(new) for task in rank_tasks]:
-                for task_type in task_types:  # the same seed set starts both triplet buffers
-                    if len(buffer_map[task_type]) < cfg.seed_size:
-                        buffer_map[task_type].add(task)
-            log(f"seed round {round_index + 1}: " + ", ".join(f"{len(buffer_map[t])} {t}" for t in task_types))
-
-
-def collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world):
-    """Steps 1-7 of spec section 8 for every task type; returns this rank's rollouts and samples."""
-    rewards = Rewards(format_error=cfg.format_penalty, wrong=cfg.wrong_penalty, invalid=cfg.invalid_penalty,
-                      unlearnable=cfg.unlearnable_penalty)
-    rng = random.Random(f"{cfg.seed}-step-{step}")  # same on every rank: same references and tasks
-    jobs = {t: proposer_jobs(buffer_map, t, cfg.batch_size, rng, sampler, cfg.num_references) for t in TASK_TYPES}
-    proposed = propose(jobs, executor, sampler, sampling_seed(cfg, step, rank, "propose"), rank, world)
-    solve_rates = estimate_learnability(proposed, executor, sampler, cfg, sampling_seed(cfg, step, rank, "learn"))
-    rollouts = []
-    for task_type, items in proposed.items():
-        for (_, prompt_tokens), (tokens, text), proposal in items:
-            solve_rate = solve_rates.get(id(proposal.task), float("nan"))
-            rollouts.append(Rollout(task_type, "propose", prompt_tokens, tokens, text,
-                                    reward=buffers.proposer_reward(proposal, solve_rate, rewards),
-                                    format_ok=proposal.parsed.ok, valid=proposal.valid, solve_rate=solve_rate))
-
-    new_tasks = {t: add_gathered(buffer_map[t], all_gather([p.task for _, _, p in items if p.valid]))
-                 for t, items in proposed.items()}
-    jobs = {t: solver_jobs(buffer_map[t], new_tasks[t], t, cfg.batch_size, rng, sampler)[rank::world]
-            for t in TASK_TYPES}
-    responses = sample_by_type(sampler, {t: [tokens for _, tokens in j] for t, j in jobs.items()}, 1,
-                               sampling_seed(cfg, step, rank, "solve"), "solve")
-    for task_type, task_jobs in jobs.items():
-        firsts = [group[0] for group in responses[task_type]]
-        solutions = buffers.score_solutions(executor, task_type, [task for task, _ in task_jobs],
-                                            [text for _, text in firsts], rewards)
-        for (_, prompt_tokens), (tokens, text), solution in zip(task_jobs, firsts, solutions):
-            rollouts.append(Rollout(task_type, "solve", prompt_tokens, tokens, text, reward=solution.reward,
-                                    format_ok=solution.parsed.ok, solve_rate=float(solution.correct)))
-    samples = []
-    for task_type in TASK_TYPES:
-        for role in ROLES:
-            group = [r for r in rollouts if r.task_type == task_type and r.role == role]
-            samples += [{"step": step + 1, "task_type": task_type, "role": role, "reward": r.reward,
-                         "response": r.response_text} for r in group[:cfg.samples_per_step]]
-    return rollouts, samples
-
-
-# ----------------------------------------------------------------------------- the update
-class TokenLogprobs(torch.nn.Module):
-    """DDP wraps a module's forward; ours is the chunked per-token log-prob of model.py."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens, mask=None):
-        return self.model.token_logprobs(tokens, mask)
-
-
-def micro_batch(rollouts, device):
-    """Right-padded prompt+response tokens (B, T) and the response mask over targets (B, T-1)."""
-    length = max(len(r.prompt_tokens) + len(r.response_tokens) for r in rollouts)
-    tokens = torch.zeros(len(rollouts), length, dtype=torch.long)
-    mask = torch.zeros(len(rollouts), length - 1)
-    for row, r in enumerate(rollouts):
-        sequence = r.prompt_tokens + r.response_tokens
-        tokens[row, :len(sequence)] = torch.tensor(sequence)
-        # target t is token t+1, so the response tokens are targets len(prompt)-1 ... len(sequence)-2
-        mask[row, len(r.prompt_tokens) - 1:len(sequence) - 1] = 1
-    return tokens.to(device), mask.to(device)
-
-
-def accumulate_gradients(logprob_module, rollouts, advantages, num_tokens, world, cfg, device):
-    """Backward of the TRR++ loss over micro-batches; the gradient ends as for one big batch.
-
-    DDP averages gradients over ranks, so each rank's loss is multiplied by the world size to turn
-    that average into the sum over ranks that L (divided by the global token count) needs (FSDP's
-    reduce-scatter averages too). Under DDP only the last micro-batch all-reduces; a rank without
-    rollouts still joins it with a zero-weight pass. FSDP gathers each block's weights in every
-    micro-batch, so there every rank runs as many micro-batches as the busiest one.
-    """
-    order = sorted(range(len(rollouts)), key=lambda i: len(rollouts[i].prompt_tokens) + len(rollouts[i].response_tokens))
-    batches = [order[i:i + cfg.micro_batch_size] for i in range(0, len(order), cfg.micro_batch_size)] or [[]]
-    if isinstance(logprob_module, FSDPModule):
-        most = max(all_gather(len(batches)))
-        batches += [[] for _ in range(most - len(batches))]
-    is_ddp = isinstance(logprob_module, torch.nn.parallel.DistributedDataParallel)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for index, rows in enumerate(tqdm(batches, desc="update", leave=False)):
-        sync = logprob_module.no_sync() if is_ddp and index < len(batches) - 1 else contextlib.nullcontext()
-        with sync:  # no_sync must cover the backward too
-            with autocast:
-                if rows:
-                    tokens, mask = micro_batch([rollouts[i] for i in rows], device)
-                    logprobs = logprob_module(tokens, mask).float()
-                    loss = policy_gradient_loss(logprobs, advantages[rows].to(device), mask, num_tokens) * world
-                else:
-                    loss = logprob_module(torch.zeros(1, 2, dtype=torch.long, device=device)).sum() * 0.0
-            loss.backward()  # outside autocast, as torch recommends
-
-
-def policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, device):
-    """TRR++ over the step's rollouts from every rank, then one clipped AdamW step."""
-    records = all_gather([(r.reward, r.group, len(r.response_tokens)) for r in rollouts])
-    offset = sum(len(rank_records) for rank_records in records[:rank])
-    everything = [record for rank_records in records for record in rank_records]
-    advantages = trr_advantages([r for r, _, _ in everything], [g for _, g, _ in everything])
-    advantages = advantages[offset:offset + len(rollouts)]
-    num_tokens = max(1, sum(n for _, _, n in everything))
-    # A rollout with zero advantage (e.g. its whole group was malformed: std 0) adds exactly nothing
-    # to the gradient, so it is not run at all; it still counts in num_tokens, as L requires.
-    active = [i for i in range(len(rollouts)) if advantages[i] != 0]
-    optimizer.zero_grad(set_to_none=True)
-    accumulate_gradients(logprob_module, [rollouts[i] for i in active], advantages[active], num_tokens, world,
-                         cfg, device)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)  # the gradients' memory goes to the sampler's KV cache meanwhile
-    return float(grad_norm)
-
-
-def shard_model(logprob_module, device, world):
-    """FSDP2 over the ranks: each decoder block is a unit, gathered for its forward and again for its
-    backward; the root unit holds the embedding, final norm and lm_head and keeps them gathered from
-    forward through backward, so the chunked log-probs (model.token_logprobs) reuse them for every
-    chunk. Master weights, gradients and AdamW state stay fp32 and sharded; CUDA computes in bf16 and
-    reduces gradients in fp32."""
-    mesh = init_device_mesh(device.type, (world,))
-    if device.type == "cuda":
-        precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    else:
-        precision = MixedPrecisionPolicy()
-    for block in logprob_module.model.blocks:
-        fully_shard(block, mesh=mesh, mp_policy=precision)
-    fully_shard(logprob_module, mesh=mesh, mp_policy=precision, reshard_after_forward=False)
-    return logprob_module
-
-
-def full_weights(model):
-    """{name: full tensor} of every parameter, gathering FSDP shards one parameter at a time (every
-    rank must call it). Tied weights appear once."""
-    weights = {}
-    for name, param in model.named_parameters():
-        value = param.detach()
-        weights[name] = value.full_tensor() if isinstance(value, DTensor) else value
-    return weights
+def resolve_prompt_format(prompt_format, model_name, tokenizer):
+    """auto -> chat for the embedded instruct models and for checkpoints that record chat (ours), plain
+    otherwise: base checkpoints ship chat templates too, so a template alone must not switch the
+    paper's base-model runs to chat."""
+    if prompt_format == "auto":
+        prompt_format = recorded_prompt_format(model_name) or "plain"
+    if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        sys.exit(f"azr: --prompt-format chat, but the tokenizer of {model_name} has no chat template")
+    return prompt_format
 
 
 def sampler_model(model, device):
@@ -494,7 +240,8 @@ def sampler_model(model, device):
     its tensors keep fixed addresses (CUDA graphs replay against them); fp32 on CPU."""
     with torch.device("meta"):
         copy = Transformer(model.config)
-    copy = copy.to(torch.bfloat16 if device.type == "cuda" else torch.float32).to_empty(device=device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    copy = copy.to(dtype).to_empty(device=device)
     copy.tie_weights()
     copy.requires_grad_(False)
     refresh_sampler_model(copy, model)
@@ -539,183 +286,401 @@ def sampler_cache(cfg, config, device):
     return KVCache(config, rows, capacity, torch.bfloat16, device, row_bucket=8, length_bucket=256, cuda_graphs=True)
 
 
-# ----------------------------------------------------------------------------- run directory
-def write_json_line(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+@dataclass
+class Response:
+    """One sampled response: its token ids (ending with the stop token if one was sampled) and text."""
+    tokens: list
+    text: str
 
 
-def group_metrics(summaries):
-    """Per (type, role) group: mean reward, format-error rate, validity, solve rate, length."""
-    metrics = {}
-    for name in [f"{t}/{role}" for t in TASK_TYPES for role in ROLES]:
-        group = [s for s in summaries if s["group"] == name]
-        if not group:
-            continue
-        solve_rates = [s["solve_rate"] for s in group if not math.isnan(s["solve_rate"])]
-        metrics[f"{name}/reward"] = sum(s["reward"] for s in group) / len(group)
-        metrics[f"{name}/format_rate"] = sum(s["format_ok"] for s in group) / len(group)
-        metrics[f"{name}/solve_rate"] = sum(solve_rates) / len(solve_rates) if solve_rates else None
-        metrics[f"{name}/response_length"] = sum(s["length"] for s in group) / len(group)
-        if name.endswith("/propose"):
-            metrics[f"{name}/validity_rate"] = sum(s["valid"] for s in group) / len(group)
-    return metrics
+class Sampler:
+    """Turns task texts into prompt tokens (in the run's prompt format), decodes in batches that fill
+    the run's KV cache, with a progress bar, and counts tokens. `model` is the sampler's own copy of the
+    weights (sampler_model)."""
+
+    def __init__(self, model, tokenizer, cfg, device, cache, sample_fn=generate):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.device = device
+        self.cache = cache
+        self.sample_fn = sample_fn
+        self.stop_ids = default_stop_ids(tokenizer)
+        self.tokens = 0  # sampled this step, for tokens/s
+        self.seconds = 0.0
+
+    def encode(self, task_text):
+        return buffers.encode_prompt(self.tokenizer, task_text, self.cfg.prompt_format)
+
+    def fits(self, prompt_tokens):
+        return len(prompt_tokens) <= self.cfg.max_prompt_tokens
+
+    def __call__(self, prompts, n, seed, desc):
+        """prompts: token-id lists -> for each prompt, a list of n Responses."""
+        start = time.time()
+        per_call = max(1, self.cache.rows // n)
+        results = []
+        with tqdm(total=len(prompts) * n, desc=desc, unit="seq", leave=False) as bar:
+            for i in range(0, len(prompts), per_call):
+                samples = self.sample_fn(self.model, prompts[i:i + per_call], self.cfg.max_response_tokens,
+                                         temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                         stop_ids=self.stop_ids, n=n, seed=seed + i, cache=self.cache)
+                for group in samples:
+                    responses = []
+                    for sample in group:
+                        text = self.tokenizer.decode(sample.tokens, skip_special_tokens=True)
+                        responses.append(Response(sample.tokens, text))
+                        self.tokens += len(sample.tokens)
+                    results.append(responses)
+                bar.update(len(samples) * n)
+        self.seconds += time.time() - start
+        return results
 
 
-def save_checkpoint(run_dir, model, logprob_module, tokenizer, prompt_format, optimizer, step, rank):
-    """An HF checkpoint directory (eval.py --model and transformers read it) plus optimizer state, RNG
-    states and step, swapped in atomically. Under FSDP every rank writes its shard of the AdamW state
-    (optimizer/, torch.distributed.checkpoint) and the weights are gathered for rank 0 to write."""
-    tmp, final = os.path.join(run_dir, "checkpoint.tmp"), os.path.join(run_dir, "checkpoint")
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    weights = model
-    if isinstance(logprob_module, FSDPModule):
-        dist.barrier()  # tmp exists before any rank writes into it
-        dcp.save(get_optimizer_state_dict(logprob_module, optimizer), checkpoint_id=os.path.join(tmp, "optimizer"))
-        weights = full_model(model)
-    if isinstance(optimizer, ZeroRedundancyOptimizer):
-        optimizer.consolidate_state_dict(to=0)
-    if rank != 0:
-        return
-    save_hf_checkpoint(weights, tokenizer, tmp, prompt_format=prompt_format)
-    if not isinstance(logprob_module, FSDPModule):
-        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-    torch.save({"step": step, "python": random.getstate(), "torch": torch.get_rng_state()},
-               os.path.join(tmp, "state.pt"))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+class TimedExecutor:
+    """The executor behind a progress bar and a clock; buffers.py scores through its run_batch."""
+
+    def __init__(self, executor, chunk):
+        self.executor = executor
+        self.chunk = chunk
+        self.seconds = 0.0
+
+    def run_batch(self, calls):
+        start = time.time()
+        results = []
+        with tqdm(total=len(calls), desc="execute", unit="prog", leave=False) as bar:
+            for i in range(0, len(calls), self.chunk):
+                chunk = calls[i:i + self.chunk]
+                results += self.executor.run_batch(chunk)
+                bar.update(len(chunk))
+        self.seconds += time.time() - start
+        return results
 
 
-def full_model(model):
-    """A plain fp32 CPU Transformer with the gathered weights of a sharded one (every rank gathers)."""
-    state = {name: value.float().cpu() for name, value in full_weights(model).items()}
-    if model.config.tie_word_embeddings:
-        state["lm_head.weight"] = state["embed.weight"]
-    with torch.device("meta"):
-        copy = Transformer(model.config)
-    copy.load_state_dict(state, assign=True)
-    copy.tie_weights()  # assign=True replaced both parameters; share one again
-    return copy
+def sampling_seed(cfg, step, rank, phase):
+    """Different on every rank and phase, reproducible from (run seed, step)."""
+    return random.Random(f"{cfg.seed}-{step}-{rank}-{phase}").getrandbits(48)
 
 
-def load_checkpoint(run_dir, logprob_module, optimizer, device):
-    """Restore the optimizer state, RNG states and step of the latest checkpoint (its weights are the
-    model train() loaded); returns the step to continue from (0 without one)."""
-    path = os.path.join(run_dir, "checkpoint")
-    if not os.path.isdir(path):
-        return 0
-    if isinstance(logprob_module, FSDPModule):
-        state = get_optimizer_state_dict(logprob_module, optimizer)
-        dcp.load(state, checkpoint_id=os.path.join(path, "optimizer"))
-        set_optimizer_state_dict(logprob_module, optimizer, state)
-    else:
-        optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=device))
-    state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    return state["step"]
+def sample_jobs(sampler, jobs_by_type, n, seed, desc):
+    """{task_type: [jobs]} -> {task_type: [n Responses per job]}. The three task types share one
+    sampler call: decoding cost is mostly the weights' memory traffic per step, so one batch of 3B
+    rows is far cheaper than three batches of B."""
+    prompts = []
+    for jobs in jobs_by_type.values():
+        for job in jobs:
+            prompts.append(job.prompt_tokens)
+    responses = sampler(prompts, n, seed, desc)
+    by_type = {}
+    start = 0
+    for task_type, jobs in jobs_by_type.items():
+        by_type[task_type] = responses[start:start + len(jobs)]
+        start += len(jobs)
+    return by_type
 
 
-def drop_logs_after(run_dir, step):
-    """A resumed run repeats the steps after its checkpoint: drop their old metrics and samples lines."""
-    for path in (os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "samples.jsonl")):
-        if os.path.isfile(path):
-            rows = read_json_lines(path)
-            with open(path, "w") as f:
-                f.writelines(json.dumps(row) + "\n" for row in rows if row["step"] <= step)
+# ----------------------------------------------------------------------------- self-play: phases 1-6
+@dataclass
+class ProposerJob:
+    """A proposer prompt: what it shows (K reference triplets, or for induction one program's triplet)."""
+    task_type: str
+    references: object  # list of buffers.Triplet; induction: one buffers.Triplet
+    prompt_tokens: list
 
 
-def read_json_lines(path):
-    """The records of a JSONL log; a line torn by a kill is skipped."""
-    rows = []
-    with open(path) as f:
-        for line in f:
-            with contextlib.suppress(ValueError):
-                rows.append(json.loads(line))
-    return rows
+@dataclass
+class SolverJob:
+    """A solver prompt for one task (a buffers.Triplet, or a buffers.InductionTask for induction)."""
+    task_type: str
+    task: object
+    prompt_tokens: list
 
 
-def plot_run(run_dir):
-    """metrics.jsonl -> metrics.png: per group, rewards, format rates, validity and solve rates."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        sys.exit("azr: plotting needs matplotlib: pip install matplotlib")
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        sys.exit(f"azr: no metrics.jsonl in {run_dir}")
-    rows = read_json_lines(path)
-    fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
-    panels = [("reward", "mean reward"), ("format_rate", "well-formed responses"),
-              ("validity_rate", "proposal validity"), ("solve_rate", "solve rate")]
-    for ax, (suffix, title) in zip(axes, panels):
-        for key in sorted({k for row in rows for k in row if k.endswith("/" + suffix)}):
-            steps_values = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
-            if steps_values:
-                ax.plot(*zip(*steps_values), label=key.rsplit("/", 1)[0], marker=".")
-        ax.set(title=title, xlabel="step")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "metrics.png"), dpi=120)
-    print(f"wrote {os.path.join(run_dir, 'metrics.png')}")
+@dataclass
+class Rollout:
+    """One sampled sequence of a (type, role) group: prompt and response tokens, reward and what the
+    metrics need. A proposer rollout carries its references and, once validated, its Proposal; a solver
+    rollout carries its task. Proposers and solvers are trained on; learnability rollouts are not."""
+    task_type: str
+    role: str
+    prompt_tokens: list
+    response_tokens: list
+    response_text: str
+    reward: float = 0.0
+    format_ok: bool = True
+    valid: bool = True  # proposer: the proposal passed validation
+    solve_rate: float = float("nan")  # proposer: s over the learnability rollouts (NaN: none); solver: 1/0
+    references: object = None  # proposer: what its prompt showed (ProposerJob.references)
+    proposal: buffers.Proposal = None  # proposer, after phase 2
+    task: object = None  # solver: the task it answered
+
+    @property
+    def group(self):
+        """0..5: type_index * 2 + role_index, the TRR++ group (eq. 8)."""
+        return TASK_TYPES.index(self.task_type) * len(ROLES) + ROLES.index(self.role)
+
+    def summary(self):
+        """What the metrics need, without the tokens (cheap to gather across ranks)."""
+        return {"group": f"{self.task_type}/{self.role}", "reward": self.reward, "format_ok": self.format_ok,
+                "valid": self.valid, "solve_rate": self.solve_rate, "length": len(self.response_tokens)}
 
 
-def prepare_run_dir(cfg):
-    """Create (or check) the run directory before any work; returns a one-line error or None."""
-    if not cfg.out:
-        cfg.out = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    if not cfg.resume and os.path.exists(os.path.join(cfg.out, "config.json")):
-        return f"azr: {cfg.out} already holds a run; pass --resume {cfg.out} or choose another --out"
-    try:
-        os.makedirs(cfg.out, exist_ok=True)
-        tempfile.TemporaryFile(dir=cfg.out).close()  # can we write there?
-    except OSError as error:
-        return f"azr: cannot write to --out {cfg.out}: {error.strerror}"
-    return None
+PROMPT_TRIES = 4  # a prompt over max_prompt_tokens is re-drawn this many times at most, then dropped
 
 
-def open_buffers(cfg, rank):
-    """One JSONL-backed buffer per task type; identity seeds first (spec section 9).
+def proposer_jobs(buffer_map, task_type, count, rng, sampler, num_references):
+    """Phase 1's prompts: `count` ProposerJobs for one task type, identical on every rank (shared rng).
 
-    Rank 0 owns the files (it copies --seed-from seeds, repairs a torn last line, appends); the
-    other ranks load the same content afterwards and keep their copies in memory only.
+    Deduction and abduction show K references drawn from their own buffer; induction shows one program
+    drawn from the union of the deduction and abduction buffers. A prompt over max_prompt_tokens is
+    re-drawn, never truncated, and dropped after PROMPT_TRIES draws.
     """
-    if rank == 0 and cfg.seed_from and not cfg.resume:
-        for task_type in TASK_TYPES:
-            shutil.copyfile(os.path.join(cfg.seed_from, "seeds", f"{task_type}.jsonl"),
-                            os.path.join(cfg.out, f"buffer_{task_type}.jsonl"))
-    if rank == 0:
-        buffer_map = load_buffers(cfg.out, writable=True)
-    if dist.is_initialized():
-        dist.barrier()
-    if rank != 0:
-        buffer_map = load_buffers(cfg.out, writable=False)
-    return buffer_map
+    if task_type == "induction":
+        union = buffer_map["deduction"].items + buffer_map["abduction"].items
+        unique = {}
+        for triplet in union:  # the seeds are in both buffers
+            unique[(triplet.program, triplet.input)] = triplet
+        pool = list(unique.values())
+    jobs = []
+    for _ in range(count):
+        for _attempt in range(PROMPT_TRIES):
+            if task_type == "induction":
+                references = rng.choice(pool)
+            else:
+                references = buffer_map[task_type].sample(num_references, rng)
+            tokens = sampler.encode(buffers.proposer_prompt(task_type, references))
+            if sampler.fits(tokens):
+                jobs.append(ProposerJob(task_type, references, tokens))
+                break
+    return jobs
 
 
-def load_buffers(run_dir, writable):
-    buffer_map = {t: TaskBuffer(os.path.join(run_dir, f"buffer_{t}.jsonl")) for t in TASK_TYPES}
-    for task_type, buffer in buffer_map.items():
-        if not writable:
-            buffer.path = None  # loaded; appends stay in memory
-        if len(buffer) == 0:
-            buffer.add(buffers.identity_induction_task() if task_type == "induction" else buffers.identity_triplet())
-    return buffer_map
+def propose(jobs_by_type, sampler, seed, rank, world):
+    """Phase 1: sample one response for each of this rank's slice of the jobs -> {task_type: [proposer
+    Rollout]} (not yet validated or rewarded)."""
+    mine = {task_type: jobs[rank::world] for task_type, jobs in jobs_by_type.items()}
+    responses = sample_jobs(sampler, mine, 1, seed, "propose")
+    rollouts = {}
+    for task_type, jobs in mine.items():
+        rollouts[task_type] = []
+        for job, samples in zip(jobs, responses[task_type]):
+            response = samples[0]
+            rollouts[task_type].append(Rollout(task_type, "propose", job.prompt_tokens, response.tokens,
+                                               response.text, references=job.references))
+    return rollouts
 
 
-def resolve_prompt_format(prompt_format, model_name, tokenizer):
-    """auto -> chat for the embedded instruct models and for checkpoints that record chat (ours), plain
-    otherwise: base checkpoints ship chat templates too, so a template alone must not switch the
-    paper's base-model runs to chat."""
-    if prompt_format == "auto":
-        prompt_format = recorded_prompt_format(model_name) or "plain"
-    if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
-        sys.exit(f"azr: --prompt-format chat, but the tokenizer of {model_name} has no chat template")
-    return prompt_format
+def validate(proposer_rollouts, executor):
+    """Phase 2: parse and validate every proposal in the executor; sets each rollout's proposal,
+    format_ok and valid."""
+    for task_type, rollouts in proposer_rollouts.items():
+        texts = [rollout.response_text for rollout in rollouts]
+        references = [rollout.references for rollout in rollouts]
+        proposals = buffers.score_proposals(executor, task_type, texts, references)
+        for rollout, proposal in zip(rollouts, proposals):
+            rollout.proposal = proposal
+            rollout.format_ok = proposal.parsed.ok
+            rollout.valid = proposal.valid
+
+
+def estimate_learnability(proposer_rollouts, executor, sampler, cfg, seed):
+    """Phase 3: the solve rate s of every valid proposal over n_solve_samples solver rollouts, written
+    to its rollout's solve_rate. These rollouts are not trained on.
+
+    A task whose solver prompt is over max_prompt_tokens gets no rollouts: its s stays NaN, which
+    buffers.proposer_reward scores as unlearnable.
+    """
+    jobs_by_type = {}
+    measured_by_type = {}  # the proposer rollout of each job, index for index
+    for task_type, rollouts in proposer_rollouts.items():
+        jobs_by_type[task_type] = []
+        measured_by_type[task_type] = []
+        for rollout in rollouts:
+            if not rollout.valid:
+                continue
+            task = rollout.proposal.task
+            tokens = sampler.encode(buffers.solver_prompt(task_type, task))
+            if sampler.fits(tokens):
+                jobs_by_type[task_type].append(SolverJob(task_type, task, tokens))
+                measured_by_type[task_type].append(rollout)
+    n = cfg.n_solve_samples
+    responses = sample_jobs(sampler, jobs_by_type, n, seed, "learnability")
+    for task_type, jobs in jobs_by_type.items():
+        tasks = []
+        texts = []
+        for job, samples in zip(jobs, responses[task_type]):
+            for response in samples:
+                tasks.append(job.task)
+                texts.append(response.text)
+        solutions = buffers.score_solutions(executor, task_type, tasks, texts)
+        for i, rollout in enumerate(measured_by_type[task_type]):
+            correct = sum(solution.correct for solution in solutions[i * n:(i + 1) * n])
+            rollout.solve_rate = correct / n
+
+
+def add_to_buffers(buffer_map, proposer_rollouts):
+    """Phase 4: every rank's valid proposals, in rank order, join their type's buffer, so all ranks'
+    buffers stay identical. -> {task_type: [the step's new valid tasks]}."""
+    new_tasks = {}
+    for task_type, rollouts in proposer_rollouts.items():
+        mine = [rollout.proposal.task for rollout in rollouts if rollout.valid]
+        tasks = in_rank_order(all_gather(mine))
+        for task in tasks:
+            buffer_map[task_type].add(task)
+        new_tasks[task_type] = tasks
+    return new_tasks
+
+
+def solver_jobs(buffer, new_tasks, task_type, count, rng, sampler):
+    """Phase 5: `count` SolverJobs, this step's new valid tasks first, topped up uniformly from the
+    buffer; a task whose prompt is over max_prompt_tokens is skipped. Identical on every rank."""
+    jobs = []
+    candidates = list(new_tasks)
+    for _attempt in range(PROMPT_TRIES * count + len(new_tasks)):
+        if len(jobs) == count:
+            break
+        if not candidates:
+            candidates = buffer.sample(count - len(jobs), rng)
+        task = candidates.pop(0)
+        tokens = sampler.encode(buffers.solver_prompt(task_type, task))
+        if sampler.fits(tokens):
+            jobs.append(SolverJob(task_type, task, tokens))
+    return jobs
+
+
+def solve(jobs_by_type, executor, sampler, rewards, seed):
+    """Phase 6: one response per job, scored -> this rank's solver Rollouts, rewarded (eq. 6)."""
+    responses = sample_jobs(sampler, jobs_by_type, 1, seed, "solve")
+    rollouts = []
+    for task_type, jobs in jobs_by_type.items():
+        firsts = [samples[0] for samples in responses[task_type]]
+        tasks = [job.task for job in jobs]
+        texts = [response.text for response in firsts]
+        solutions = buffers.score_solutions(executor, task_type, tasks, texts, rewards)
+        for job, response, solution in zip(jobs, firsts, solutions):
+            rollouts.append(Rollout(task_type, "solve", job.prompt_tokens, response.tokens, response.text,
+                                    reward=solution.reward, format_ok=solution.parsed.ok,
+                                    solve_rate=float(solution.correct), task=job.task))
+    return rollouts
+
+
+def collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world):
+    """Phases 1-6 of one step for all three task types -> this rank's rollouts (proposers, then
+    solvers) and the sample responses to log."""
+    rewards = Rewards(format_error=cfg.format_penalty, wrong=cfg.wrong_penalty, invalid=cfg.invalid_penalty,
+                      unlearnable=cfg.unlearnable_penalty)
+    rng = random.Random(f"{cfg.seed}-step-{step}")  # same on every rank: same references and tasks
+    jobs = {}
+    for task_type in TASK_TYPES:
+        jobs[task_type] = proposer_jobs(buffer_map, task_type, cfg.batch_size, rng, sampler, cfg.num_references)
+    proposer_rollouts = propose(jobs, sampler, sampling_seed(cfg, step, rank, "propose"), rank, world)
+    validate(proposer_rollouts, executor)
+    estimate_learnability(proposer_rollouts, executor, sampler, cfg, sampling_seed(cfg, step, rank, "learn"))
+    rollouts = []
+    for task_type, type_rollouts in proposer_rollouts.items():
+        for rollout in type_rollouts:
+            rollout.reward = buffers.proposer_reward(rollout.proposal, rollout.solve_rate, rewards)
+            rollouts.append(rollout)
+
+    new_tasks = add_to_buffers(buffer_map, proposer_rollouts)
+    jobs = {}
+    for task_type in TASK_TYPES:
+        all_jobs = solver_jobs(buffer_map[task_type], new_tasks[task_type], task_type, cfg.batch_size, rng, sampler)
+        jobs[task_type] = all_jobs[rank::world]
+    rollouts += solve(jobs, executor, sampler, rewards, sampling_seed(cfg, step, rank, "solve"))
+    return rollouts, sample_records(rollouts, step, cfg.samples_per_step)
+
+
+def sample_records(rollouts, step, per_group):
+    """The first `per_group` decoded responses of each group, for samples.jsonl."""
+    records = []
+    for task_type in TASK_TYPES:
+        for role in ROLES:
+            group = [r for r in rollouts if r.task_type == task_type and r.role == role]
+            for rollout in group[:per_group]:
+                records.append({"step": step + 1, "task_type": task_type, "role": role, "reward": rollout.reward,
+                                "response": rollout.response_text})
+    return records
+
+
+def seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log):
+    """Before the first step, fill the buffers with valid proposals of the base model (phases 1-2, no
+    learnability filter, no training): first the triplet buffers (deduction and abduction proposals
+    both feed both, so they start from the same seed set), then induction tasks for their programs."""
+    for phase, task_types in (("triplets", ("deduction", "abduction")), ("induction", ("induction",))):
+        for round_index in range(cfg.seed_max_rounds):
+            if all(len(buffer_map[t]) >= cfg.seed_size for t in task_types):
+                break
+            rng = random.Random(f"{cfg.seed}-seed-{phase}-{round_index}")
+            jobs = {}
+            for task_type in task_types:
+                jobs[task_type] = proposer_jobs(buffer_map, task_type, cfg.batch_size, rng, sampler,
+                                                cfg.num_references)
+            seed = sampling_seed(cfg, -1 - round_index, rank, phase)
+            proposer_rollouts = propose(jobs, sampler, seed, rank, world)
+            validate(proposer_rollouts, executor)
+            mine = []
+            for rollouts in proposer_rollouts.values():
+                for rollout in rollouts:
+                    if rollout.valid:
+                        mine.append(rollout.proposal.task)
+            for task in in_rank_order(all_gather(mine)):
+                for task_type in task_types:
+                    if len(buffer_map[task_type]) < cfg.seed_size:
+                        buffer_map[task_type].add(task)
+            sizes = ", ".join(f"{len(buffer_map[t])} {t}" for t in task_types)
+            log(f"seed round {round_index + 1}: {sizes}")
+
+
+# ----------------------------------------------------------------------------- the update: phases 7-8
+class TokenLogprobs(torch.nn.Module):
+    """DDP and FSDP wrap a module's forward; ours is the chunked per-token log-prob of model.py."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, mask=None):
+        return self.model.token_logprobs(tokens, mask)
+
+
+def shard_model(logprob_module, device, world):
+    """FSDP2 over the ranks: each decoder block is a unit, gathered for its forward and again for its
+    backward; the root unit holds the embedding, final norm and lm_head and keeps them gathered from
+    forward through backward, so the chunked log-probs (model.token_logprobs) reuse them for every
+    chunk. Master weights, gradients and AdamW state stay fp32 and sharded; CUDA computes in bf16 and
+    reduces gradients in fp32."""
+    mesh = init_device_mesh(device.type, (world,))
+    if device.type == "cuda":
+        precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        precision = MixedPrecisionPolicy()
+    for block in logprob_module.model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=precision)
+    fully_shard(logprob_module, mesh=mesh, mp_policy=precision, reshard_after_forward=False)
+    return logprob_module
+
+
+def wrap_for_training(model, cfg, device, world):
+    """The module the update runs forward and backward through: FSDP2 with --fsdp, DDP on several
+    ranks, else the model's log-probs as they are."""
+    logprob_module = TokenLogprobs(model)
+    if cfg.fsdp:
+        return shard_model(logprob_module, device, world)
+    if world == 1:
+        return logprob_module
+    # gradient_as_bucket_view: gradients live in DDP's buckets instead of beside them (4 bytes/param).
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(logprob_module, device_ids=device_ids,
+                                                     gradient_as_bucket_view=True)
+
+
+def make_optimizer(model, cfg, world):
+    """AdamW; with --zero on several ranks each rank keeps only its shard of the moments."""
+    adamw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if cfg.zero and world > 1:
+        return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, **adamw)
+    return torch.optim.AdamW(model.parameters(), **adamw)
 
 
 def learning_rate(cfg, step):
@@ -725,18 +690,160 @@ def learning_rate(cfg, step):
     return cfg.lr
 
 
+def step_advantages(rollouts, rank):
+    """Phase 7: TRR++ (eq. 8) over the step's rollouts from every rank -> this rank's advantages (one
+    per rollout) and the step's response-token count N_tok over all ranks."""
+    records = []
+    for rollout in rollouts:
+        records.append({"reward": rollout.reward, "group": rollout.group, "length": len(rollout.response_tokens)})
+    records_per_rank = all_gather(records)
+    offset = sum(len(rank_records) for rank_records in records_per_rank[:rank])
+    everything = in_rank_order(records_per_rank)
+    advantages = trr_advantages([record["reward"] for record in everything],
+                                [record["group"] for record in everything])
+    num_tokens = max(1, sum(record["length"] for record in everything))
+    return advantages[offset:offset + len(rollouts)], num_tokens
+
+
+def micro_batch(rollouts, device):
+    """Right-padded prompt+response tokens (B, T) and the response mask over targets (B, T-1)."""
+    length = max(len(r.prompt_tokens) + len(r.response_tokens) for r in rollouts)
+    tokens = torch.zeros(len(rollouts), length, dtype=torch.long)
+    mask = torch.zeros(len(rollouts), length - 1)
+    for row, r in enumerate(rollouts):
+        sequence = r.prompt_tokens + r.response_tokens
+        tokens[row, :len(sequence)] = torch.tensor(sequence)
+        # target t is token t+1, so the response tokens are targets len(prompt)-1 ... len(sequence)-2
+        mask[row, len(r.prompt_tokens) - 1:len(sequence) - 1] = 1
+    return tokens.to(device), mask.to(device)
+
+
+def accumulate_gradients(logprob_module, rollouts, advantages, num_tokens, world, cfg, device):
+    """Backward of the TRR++ loss over micro-batches; the gradient ends as for one big batch.
+
+    DDP averages gradients over ranks, so each rank's loss is multiplied by the world size to turn
+    that average into the sum over ranks that L (divided by the global token count) needs (FSDP's
+    reduce-scatter averages too). Under DDP only the last micro-batch all-reduces; a rank without
+    rollouts still joins it with a zero-weight pass. FSDP gathers each block's weights in every
+    micro-batch, so there every rank runs as many micro-batches as the busiest one.
+    """
+    def sequence_length(i):
+        return len(rollouts[i].prompt_tokens) + len(rollouts[i].response_tokens)
+
+    order = sorted(range(len(rollouts)), key=sequence_length)  # similar lengths together: less padding
+    batches = []
+    for start in range(0, len(order), cfg.micro_batch_size):
+        batches.append(order[start:start + cfg.micro_batch_size])
+    if not batches:
+        batches = [[]]
+    if isinstance(logprob_module, FSDPModule):
+        most = max(all_gather(len(batches)))
+        while len(batches) < most:
+            batches.append([])
+    is_ddp = isinstance(logprob_module, torch.nn.parallel.DistributedDataParallel)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for index, rows in enumerate(tqdm(batches, desc="update", leave=False)):
+        if is_ddp and index < len(batches) - 1:
+            sync = logprob_module.no_sync()
+        else:
+            sync = contextlib.nullcontext()
+        with sync:  # no_sync must cover the backward too
+            with autocast:
+                if rows:
+                    tokens, mask = micro_batch([rollouts[i] for i in rows], device)
+                    logprobs = logprob_module(tokens, mask).float()
+                    loss = policy_gradient_loss(logprobs, advantages[rows].to(device), mask, num_tokens) * world
+                else:
+                    loss = logprob_module(torch.zeros(1, 2, dtype=torch.long, device=device)).sum() * 0.0
+            loss.backward()  # outside autocast, as torch recommends
+
+
+def policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, device):
+    """Phases 7-8: TRR++ advantages over the step's rollouts from every rank, then one clipped AdamW
+    step. -> the gradient norm before clipping."""
+    advantages, num_tokens = step_advantages(rollouts, rank)
+    # A rollout with zero advantage (e.g. its whole group was malformed: std 0) adds exactly nothing
+    # to the gradient, so it is not run at all; it still counts in num_tokens, as L requires.
+    active = [i for i in range(len(rollouts)) if advantages[i] != 0]
+    optimizer.zero_grad(set_to_none=True)
+    accumulate_gradients(logprob_module, [rollouts[i] for i in active], advantages[active], num_tokens, world,
+                         cfg, device)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # the gradients' memory goes to the sampler's KV cache meanwhile
+    return float(grad_norm)
+
+
+# ----------------------------------------------------------------------------- the loop
+def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor, sampler, cfg, rank, world, device,
+                   log):
+    """One training step: phases 1-6 (rollouts of all six groups), phases 7-8 (one update), then rank 0
+    writes metrics and samples, and every checkpoint_every steps all ranks save a checkpoint."""
+    sampler.tokens = 0
+    sampler.seconds = 0.0
+    executor.seconds = 0.0
+    rollouts, samples = collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world)
+    update_started = time.time()
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = learning_rate(cfg, step)
+    grad_norm = policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, device)
+    refresh_sampler_model(sampler.model, model)
+    update_seconds = time.time() - update_started
+    summaries = in_rank_order(all_gather([rollout.summary() for rollout in rollouts]))
+    timing = all_gather({"tokens": sampler.tokens, "seconds": sampler.seconds})
+    if rank == 0:
+        tokens = sum(t["tokens"] for t in timing)
+        slowest = max(t["seconds"] for t in timing)
+        metrics = {"step": step + 1}
+        metrics.update(rundir.group_metrics(summaries))
+        metrics["grad_norm"] = grad_norm
+        metrics["lr"] = learning_rate(cfg, step)
+        for task_type in TASK_TYPES:
+            metrics[f"buffer/{task_type}"] = len(buffer_map[task_type])
+        metrics["tokens_per_s"] = tokens / max(1e-9, slowest)
+        metrics["time/sampling"] = sampler.seconds
+        metrics["time/execution"] = executor.seconds
+        metrics["time/update"] = update_seconds
+        rundir.write_step_logs(cfg.out, metrics, samples)
+        log(rundir.step_summary(metrics, cfg.steps))
+    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        rundir.save_checkpoint(cfg.out, model, logprob_module, sampler.tokenizer, cfg.prompt_format, optimizer,
+                               step + 1, rank)
+
+
+def executor_workers(cfg):
+    """Sandbox workers per rank: the ranks of a node share its cores, since oversubscribed sandboxes
+    would time out correct programs."""
+    if cfg.exec_workers:
+        return cfg.exec_workers
+    ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, len(os.sched_getaffinity(0)) // ranks_on_node)
+
+
 def train(cfg, sample_fn=generate):
+    """The whole run: set up, seed the buffers (unless the run directory has seeds), then the steps.
+    -> the trained model and the buffers."""
     rank, world, device = setup_distributed(cfg)
-    log = print if rank == 0 else (lambda *a, **k: None)
+
+    def log(message):
+        if rank == 0:
+            print(message)
+
     # rank 0 alone picks and checks the run directory; every rank stops on its error
-    error = prepare_run_dir(cfg) if rank == 0 else None  # sets cfg.out when it was not given
-    cfg.out, error = all_gather((cfg.out, error))[0]
-    if error:
-        sys.exit(error if rank == 0 else 1)
+    error = None
+    if rank == 0:
+        error = rundir.prepare_run_dir(cfg)  # sets cfg.out when it was not given
+    chosen = all_gather({"out": cfg.out, "error": error})[0]
+    cfg.out = chosen["out"]
+    if chosen["error"]:
+        sys.exit(chosen["error"] if rank == 0 else 1)
     checkpoint = os.path.join(cfg.out, "checkpoint")
-    resume_from = checkpoint if cfg.resume and os.path.isdir(checkpoint) else cfg.model
+    if cfg.resume and os.path.isdir(checkpoint):
+        weights_from = checkpoint
+    else:
+        weights_from = cfg.model
     try:
-        model, tokenizer = load_model(resume_from, device=device, dtype=torch.float32)
+        model, tokenizer = load_model(weights_from, device=device, dtype=torch.float32)
     except (FileNotFoundError, ValueError) as error:  # a bad checkpoint: one line, no traceback
         sys.exit(f"azr: {error}")
     cfg.prompt_format = resolve_prompt_format(cfg.prompt_format, cfg.model, tokenizer)
@@ -744,37 +851,26 @@ def train(cfg, sample_fn=generate):
     model.activation_checkpointing = cfg.activation_checkpointing
     model.train()  # no dropout here: train mode only switches activation checkpointing on
     if rank == 0:
-        with open(os.path.join(cfg.out, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
-    logprob_module = TokenLogprobs(model)
-    if cfg.fsdp:
-        logprob_module = shard_model(logprob_module, device, world)
-    elif world > 1:
-        # gradient_as_bucket_view: gradients live in DDP's buckets instead of beside them (4 bytes/param).
-        logprob_module = torch.nn.parallel.DistributedDataParallel(
-            logprob_module, device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True)
-    adamw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    if cfg.zero and world > 1:
-        optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, **adamw)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), **adamw)
-    start_step = load_checkpoint(cfg.out, logprob_module, optimizer, device) if cfg.resume else 0
-    if cfg.resume and rank == 0:
-        drop_logs_after(cfg.out, start_step)
+        rundir.save_config(cfg)
+    logprob_module = wrap_for_training(model, cfg, device, world)
+    optimizer = make_optimizer(model, cfg, world)
+    start_step = 0
+    if cfg.resume:
+        start_step = rundir.load_checkpoint(cfg.out, logprob_module, optimizer, device)
+        if rank == 0:
+            rundir.drop_logs_after(cfg.out, start_step)
 
-    # the ranks of a node share its cores: oversubscribed sandboxes would time out correct programs
-    workers = cfg.exec_workers or max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    workers = executor_workers(cfg)
     with Executor(workers=workers, timeout_s=cfg.exec_timeout_s, memory_mb=cfg.exec_memory_mb,
                   banned_modules=BANNED_MODULES, max_output_chars=cfg.max_output_chars) as pool:
         executor = TimedExecutor(pool, chunk=8 * workers)
-        sampler = Sampler(sampler_model(model, device), tokenizer, cfg, device,
-                          sampler_cache(cfg, model.config, device), sample_fn)
-        buffer_map = open_buffers(cfg, rank)
-        if not os.path.isdir(os.path.join(cfg.out, "seeds")):
+        cache = sampler_cache(cfg, model.config, device)
+        sampler = Sampler(sampler_model(model, device), tokenizer, cfg, device, cache, sample_fn)
+        buffer_map = rundir.open_buffers(cfg, rank)
+        if not rundir.has_seeds(cfg.out):
             seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log)
             if rank == 0:
-                save_seeds(cfg.out, buffer_map)
+                rundir.save_seeds(cfg.out, buffer_map)
         for step in range(start_step, cfg.steps):
             self_play_step(step, model, logprob_module, optimizer, buffer_map, executor, sampler, cfg, rank, world,
                            device, log)
@@ -783,82 +879,13 @@ def train(cfg, sample_fn=generate):
     return model, buffer_map
 
 
-def save_seeds(run_dir, buffer_map):
-    """Copy the seeded buffers to run_dir/seeds (atomically) for --resume and --seed-from."""
-    seeds_dir = os.path.join(run_dir, "seeds")
-    os.makedirs(seeds_dir + ".tmp", exist_ok=True)
-    for task_type in TASK_TYPES:
-        shutil.copyfile(buffer_map[task_type].path, os.path.join(seeds_dir + ".tmp", f"{task_type}.jsonl"))
-    os.replace(seeds_dir + ".tmp", seeds_dir)
-
-
-def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor, sampler, cfg, rank, world, device,
-                   log):
-    """One training step: rollouts of all six groups, one update, then metrics, samples, checkpoint."""
-    sampler.tokens, sampler.seconds, executor.seconds = 0, 0.0, 0.0
-    rollouts, samples = collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world)
-    update_started = time.time()
-    for param_group in optimizer.param_groups:
-        param_group["lr"] = learning_rate(cfg, step)
-    grad_norm = policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, device)
-    refresh_sampler_model(sampler.model, model)
-    update_seconds = time.time() - update_started
-    summaries = [s for rank_summaries in all_gather([r.summary() for r in rollouts]) for s in rank_summaries]
-    timing = all_gather((sampler.tokens, sampler.seconds))
-    if rank == 0:
-        metrics = {"step": step + 1, **group_metrics(summaries), "grad_norm": grad_norm, "lr": learning_rate(cfg, step),
-                   **{f"buffer/{t}": len(buffer_map[t]) for t in TASK_TYPES},
-                   "tokens_per_s": sum(t for t, _ in timing) / max(1e-9, max(s for _, s in timing)),
-                   "time/sampling": sampler.seconds, "time/execution": executor.seconds,
-                   "time/update": update_seconds}
-        write_json_line(os.path.join(cfg.out, "metrics.jsonl"), metrics)
-        for sample in samples:
-            write_json_line(os.path.join(cfg.out, "samples.jsonl"), sample)
-        log(step_summary(metrics, cfg.steps))
-    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-        save_checkpoint(cfg.out, model, logprob_module, sampler.tokenizer, cfg.prompt_format, optimizer, step + 1,
-                        rank)
-
-
-def step_summary(metrics, steps):
-    """One line: per task type the proposer (P) and solver (S) rewards, validity and accuracy; then
-    buffer sizes, speed and the time split."""
-    def fmt(key, sign=""):
-        return "  - " if metrics.get(key) is None else f"{metrics[key]:{sign}.2f}"
-
-    parts = [f"step {metrics['step']}/{steps}"]
-    for t in TASK_TYPES:
-        # the format rates make a collapse visible at once: a group that is all malformed has zero
-        # reward variance, so TRR++ gives it no gradient to recover with
-        parts.append(f"{t[:3]} P {fmt(f'{t}/propose/reward', '+')} fmt {fmt(f'{t}/propose/format_rate')} "
-                     f"valid {fmt(f'{t}/propose/validity_rate')} S {fmt(f'{t}/solve/reward', '+')} "
-                     f"fmt {fmt(f'{t}/solve/format_rate')} acc {fmt(f'{t}/solve/solve_rate')}")
-    return " | ".join(parts + ["buf " + "/".join(str(metrics[f"buffer/{t}"]) for t in TASK_TYPES),
-                               f"{metrics['tokens_per_s']:.0f} tok/s",
-                               f"sample {metrics['time/sampling']:.0f}s exec {metrics['time/execution']:.0f}s "
-                               f"update {metrics['time/update']:.0f}s"])
-
-
 def main(argv=None):
     cfg = parse_config(argv)
     if cfg.plot:
-        return plot_run(cfg.plot)
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        sys.exit(f"azr: --device must be auto, cpu or cuda, not {cfg.device!r}")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("azr: --device cuda but CUDA is not available")
-    if cfg.fsdp and cfg.zero:
-        sys.exit("azr: --fsdp already shards the optimizer state; drop --zero")
-    if cfg.fsdp and "MASTER_ADDR" not in os.environ:
-        sys.exit("azr: --fsdp runs under torchrun, e.g. torchrun --nproc_per_node=8 azr.py --fsdp")
-    if cfg.model not in EMBEDDED_MODELS and not os.path.isfile(os.path.join(cfg.model, "config.json")):
-        sys.exit(f"azr: --model {cfg.model}: not an HF checkpoint directory (no config.json); "
-                 f"pass one, or an embedded model: {', '.join(EMBEDDED_MODELS)}")
-    if cfg.prompt_format not in ("auto",) + buffers.PROMPT_FORMATS:
-        sys.exit(f"azr: --prompt-format must be auto, chat or plain, not {cfg.prompt_format!r}")
-    for task_type in TASK_TYPES if cfg.seed_from else ():
-        if not os.path.isfile(os.path.join(cfg.seed_from, "seeds", f"{task_type}.jsonl")):
-            sys.exit(f"azr: --seed-from {cfg.seed_from}: no seeds/{task_type}.jsonl there")
+        return rundir.plot_run(cfg.plot)
+    error = check_config(cfg)
+    if error:
+        sys.exit(error)
     try:
         train(cfg)
     finally:

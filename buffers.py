@@ -36,10 +36,10 @@ from executor import BANNED_MODULES
 
 TASK_TYPES = ("deduction", "abduction", "induction")
 ROLES = ("propose", "solve")
-N_IO = 10  # input/output pairs per induction task (spec 1)
+N_IO = 10  # input/output pairs per induction task (the paper's setting)
 N_SHOWN = 5  # the first N_SHOWN pairs are shown to the solver, the rest are hidden
 
-# Payload length bounds (spec is silent; chosen by us). A payload over its bound counts as unparseable
+# Payload length bounds (the paper gives none; chosen by us). A payload over its bound counts as unparseable
 # (-1): gold outputs are at most max_output_chars = 1000, so a 2x longer prediction cannot be right.
 MAX_PROGRAM_CHARS = 10_000
 MAX_VALUE_CHARS = 2_000  # one input argument list or one output value
@@ -92,14 +92,14 @@ def _task_key(task) -> tuple:
 
 
 def identity_triplet() -> Triplet:
-    """The seed every buffer starts from (spec 9)."""
+    """The seed every triplet buffer starts from: the identity function (docs/algorithm.md, Seeding)."""
     return Triplet(program="def f(a):\n    return a", input="'Hello world'", output="'Hello world'")
 
 
 def identity_induction_task() -> InductionTask:
-    """The identity seed for the induction buffer (spec 9). The spec names five kinds of input
-    (string, int, dict, tuple of floats, nested list); a task needs N_IO = 10, so each kind appears
-    once among the shown and once among the hidden pairs. Every input is written as its own repr,
+    """The identity seed for the induction buffer. It covers five kinds of input (string, int, dict,
+    tuple of floats, nested list); a task needs N_IO = 10, so each kind appears once among the shown
+    and once among the hidden pairs. Every input is written as its own repr,
     so the outputs equal the inputs (tests check this against the executor)."""
     inputs = ["'Hello world'", "42", "{'a': 1, 'b': [2, 3]}", "(1.5, -2.0, 3.25)", "[[1, 2], [3, [4, 5]]]",
               "'AZR'", "-7", "{'x': (0, 1)}", "(0.1, 2.5)", "[[], [[0]], 'z']"]
@@ -113,8 +113,10 @@ def identity_induction_task() -> InductionTask:
 
 def _check_types(task):
     """Raise ValueError unless a task loaded from JSON has the field types and pair count we write."""
-    values = [task.program, task.input, task.output] if isinstance(task, Triplet) else \
-        [task.program, task.message, *task.inputs, *task.outputs]
+    if isinstance(task, Triplet):
+        values = [task.program, task.input, task.output]
+    else:
+        values = [task.program, task.message, *task.inputs, *task.outputs]
     if not all(isinstance(v, str) for v in values):
         raise ValueError("task fields must be strings")
     if isinstance(task, InductionTask) and not (len(task.inputs) == len(task.outputs) == N_IO):
@@ -330,7 +332,7 @@ def solver_prompt(task_type: str, task) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Parsing (spec 3). Never raises: every malformed case becomes a reason string.
+# Parsing (docs/algorithm.md, Response format). Never raises: every malformed case becomes a reason string.
 
 
 @dataclass
@@ -430,16 +432,22 @@ def _parse_answer(text: str, first, task_type: str, role: str) -> Parsed:
         return Parsed(False, reason, answer)
 
     if role == "propose" and task_type in ("deduction", "abduction"):
-        programs, inputs = _fences(answer, "python"), _fences(answer, "input")
+        programs = _fences(answer, "python")
+        inputs = _fences(answer, "input")
         if not programs:
             return fail("no_python_fence")
         if not inputs:
             return fail("no_input_fence")
-        reason = _check_program(programs[-1], one_function=True) or _check_input(inputs[-1])
-        payload = {"program": programs[-1], "input": inputs[-1]}
-        return fail(reason) if reason else Parsed(True, "", answer, payload)
+        reason = _check_program(programs[-1], one_function=True)
+        if reason:
+            return fail(reason)
+        reason = _check_input(inputs[-1])
+        if reason:
+            return fail(reason)
+        return Parsed(True, "", answer, {"program": programs[-1], "input": inputs[-1]})
     if role == "propose":  # induction: the last N_IO input fences and a message
-        inputs, messages = _fences(answer, "input"), _fences(answer, "message")
+        inputs = _fences(answer, "input")
+        messages = _fences(answer, "message")
         if len(inputs) < N_IO:
             return fail("few_inputs")
         inputs = inputs[-N_IO:]
@@ -449,12 +457,20 @@ def _parse_answer(text: str, first, task_type: str, role: str) -> Parsed:
             return fail("empty_message")
         if len(messages[-1]) > MAX_MESSAGE_CHARS:
             return fail("payload_too_long")
-        reason = next((r for r in (_check_input(i) for i in inputs) if r), "")
-        payload = {"inputs": inputs, "message": messages[-1]}
-        return fail(reason) if reason else Parsed(True, "", answer, payload)
-    tag, check = {"deduction": ("output", _check_output),
-                  "abduction": ("input", _check_input),
-                  "induction": ("python", _check_program)}[task_type]
+        for inp in inputs:
+            reason = _check_input(inp)
+            if reason:
+                return fail(reason)
+        return Parsed(True, "", answer, {"inputs": inputs, "message": messages[-1]})
+    if task_type == "deduction":
+        tag = "output"
+        check = _check_output
+    elif task_type == "abduction":
+        tag = "input"
+        check = _check_input
+    else:
+        tag = "python"
+        check = _check_program
     found = _fences(answer, tag)
     if found:
         payload = found[-1]
@@ -465,11 +481,13 @@ def _parse_answer(text: str, first, task_type: str, role: str) -> Parsed:
     if not payload:
         return fail("empty_answer")
     reason = check(payload)
-    return fail(reason) if reason else Parsed(True, "", answer, payload)
+    if reason:
+        return fail(reason)
+    return Parsed(True, "", answer, payload)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Scoring (spec 4-5): one executor.run_batch call per function, for the whole batch.
+# Scoring (docs/algorithm.md, Validating a proposal and Rewards): one executor.run_batch call per function, for the whole batch.
 
 
 @dataclass
@@ -498,10 +516,11 @@ def _distinct_key(src: str) -> str:
 
 def score_proposals(executor, task_type: str, responses: list[str],
                     references_or_programs=None) -> list[Proposal]:
-    """Validate proposer responses (spec 4). For induction, references_or_programs[j] is the program
+    """Validate proposer responses (docs/algorithm.md, Validating a proposal). For induction, references_or_programs[j] is the program
     (a Triplet or its source) that response j proposed inputs for; deduction/abduction ignore it."""
     parsed = [parse_response(r, task_type, "propose") for r in responses]
-    calls, owners = [], []  # owners[c] = index of the response that call c belongs to
+    calls = []
+    owners = []  # owners[c] = index of the response that call c belongs to
     status = [p.reason for p in parsed]
     programs = [None] * len(responses)
     for j, p in enumerate(parsed):
@@ -531,7 +550,7 @@ def score_proposals(executor, task_type: str, responses: list[str],
         task = None
         if p.ok and status[j] == "":
             outs = outputs[j]
-            # Spec 1: a program returns a value. A triplet whose output is None (e.g. f prints instead
+            # A program must return a value. A triplet whose output is None (e.g. f prints instead
             # of returning) is rejected; an induction task needs at least one non-None output.
             if all(o == "None" for o in outs):
                 status[j] = "returns_none"
@@ -547,7 +566,8 @@ def score_solutions(executor, task_type: str, tasks: list, responses: list[str],
                     rewards: Rewards = Rewards()) -> list[Solution]:
     """Score solver responses against their tasks (tasks[j] goes with responses[j])."""
     parsed = [parse_response(r, task_type, "solve") for r in responses]
-    calls, owners = [], []
+    calls = []
+    owners = []  # owners[c] = index of the response that call c belongs to
     for j, (task, p) in enumerate(zip(tasks, parsed)):
         if not p.ok:
             continue

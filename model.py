@@ -3,8 +3,9 @@ batched KV-cache sampler (`generate`) that rollouts and evaluation go through.
 
 Numerics follow transformers' implementations of the three families exactly (fp32 RMSNorm, fp32 RoPE
 tables cast to the compute dtype), so logits match the reference to ~1e-6 in fp32. Two layout changes
-make decoding cheaper and are undone nowhere because nothing needs HF names back: q/k/v are one fused
-Linear (`attn.qkv`) and gate/up are one fused Linear (`mlp.gate_up`).
+make every forward cheaper: q/k/v are one fused Linear (`attn.qkv`) and gate/up are one fused Linear
+(`mlp.gate_up`). Loading fuses them (`_fuse_layer`); `save_hf_checkpoint` splits them back into HF's
+tensors, so our checkpoints load in transformers.
 """
 import contextlib
 import hashlib
@@ -109,7 +110,8 @@ class ModelConfig:
         missing = [k for k in required if k not in hf_config]
         if missing:
             raise ValueError(f"{arch} config lacks {', '.join(missing)}")
-        hidden, heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
+        hidden = hf_config["hidden_size"]
+        heads = hf_config["num_attention_heads"]
         return cls(vocab_size=hf_config["vocab_size"], hidden_size=hidden,
                    intermediate_size=hf_config["intermediate_size"], num_layers=hf_config["num_hidden_layers"],
                    num_heads=heads, num_kv_heads=hf_config.get("num_key_value_heads") or heads,
@@ -166,11 +168,13 @@ class KVCache:
     """Preallocated keys/values for `generate`, one (rows, kv_heads, capacity, head_dim) tensor per layer
     and kind, plus the RoPE tables for its capacity. One cache can serve a whole run: `generate` uses its
     leading rows, and its tensors never move, which is what lets a CUDA graph replay the decode step.
-    Two modes, set by `generate` before each model call:
-      prefill: `prompt_rows` (c,) prompt indices; the chunk's k/v go to rows prompt*n .. prompt*n+n-1,
-               so the n samples of a prompt share one prefill.
-      decode:  `positions` (rows,) where each row's new token sits; row b writes slot positions[b] and
-               attends slots 0..positions[b]; `length` (host int) bounds the slots any row can attend.
+    Two modes. The model call says which: a decode call passes `positions` down to attention (as
+    gpt-fast passes `input_pos`), a prefill call passes none. `generate` sets the mode's state first:
+      prefill (`set_prefill`): `prompt_rows` (c,) prompt indices; the chunk's k/v go to rows
+               prompt*n .. prompt*n+n-1, so the n samples of a prompt share one prefill.
+      decode (`set_decode`): `positions` (rows,) where each row's new token sits; row b writes slot
+               positions[b] and attends slots 0..positions[b]; `length` (host int) bounds the slots any
+               row can attend. The mask over those slots is built once per step, not once per layer.
     Decoding pads the live rows up to a multiple of `row_bucket` and the attended length up to a
     multiple of `length_bucket`, so a run meets few distinct shapes: one CUDA graph each when
     `cuda_graphs` is set (CUDA only); elsewhere the decode step runs eagerly."""
@@ -199,7 +203,6 @@ class KVCache:
         self.graphs = {}  # (rows, length) -> torch.cuda.CUDAGraph of the decode step
         self.graph_pool = None  # one memory pool for all graphs: they never run concurrently
         self.prompt_rows = None
-        self.positions = None
         self.mask = None
         self.row_index = None
         self.length = 0
@@ -211,10 +214,8 @@ class KVCache:
 
     def set_prefill(self, prompt_rows):
         self.prompt_rows = prompt_rows
-        self.positions = None
 
     def set_decode(self, positions, length):
-        self.positions = positions
         self.length = length
         # (rows, 1, 1, length): broadcast over kv heads and the query group of each kv head.
         self.mask = (torch.arange(length, device=positions.device) <= positions[:, None])[:, None, None, :]
@@ -227,11 +228,12 @@ class KVCache:
             per_prompt = cache[:rows].view(rows // self.n, self.n, kv_heads, self.capacity, head_dim)
             per_prompt[self.prompt_rows, :, :, :new.shape[2]] = new[:, None].to(cache.dtype)
 
-    def write_decode(self, layer, k, v):
-        """k, v (rows, kv_heads, 1, D) -> this layer's (rows, kv_heads, length, D) keys and values."""
-        rows = self.positions.shape[0]
-        self.k[layer][self.row_index, :, self.positions] = k[:, :, 0].to(self.k[layer].dtype)
-        self.v[layer][self.row_index, :, self.positions] = v[:, :, 0].to(self.v[layer].dtype)
+    def write_decode(self, layer, k, v, positions):
+        """k, v (rows, kv_heads, 1, D) of the tokens at `positions` (rows,) -> this layer's
+        (rows, kv_heads, length, D) keys and values."""
+        rows = positions.shape[0]
+        self.k[layer][self.row_index, :, positions] = k[:, :, 0].to(self.k[layer].dtype)
+        self.v[layer][self.row_index, :, positions] = v[:, :, 0].to(self.v[layer].dtype)
         return self.k[layer][:rows, :, :self.length], self.v[layer][:rows, :, :self.length]
 
     def keep_rows(self, keep, used):
@@ -249,29 +251,37 @@ DECODE_ATTENTION_KERNELS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
-        self.layer, self.heads, self.kv_heads, self.head_dim = layer, config.num_heads, config.num_kv_heads, config.head_dim
+        self.layer = layer
+        self.heads = config.num_heads
+        self.kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
         self.qkv = nn.Linear(config.hidden_size, (config.num_heads + 2 * config.num_kv_heads) * config.head_dim,
                              bias=config.attention_bias)
         self.proj = nn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=False)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
-    def forward(self, x, cos, sin, cache=None):
+    def forward(self, x, cos, sin, cache=None, positions=None):
+        """x (B, T, hidden) -> (B, T, hidden). Without `positions`: the whole sequence (training, or a
+        prefill that also writes `cache`). With `positions` (B,): decode one token per row at those
+        slots of `cache`."""
         B, T, _ = x.shape
-        H, Hkv, D = self.heads, self.kv_heads, self.head_dim
+        H = self.heads
+        Hkv = self.kv_heads
+        D = self.head_dim
         qk, v = self.qkv(x).view(B, T, H + 2 * Hkv, D).split([H + Hkv, Hkv], dim=2)
         if self.q_norm is not None:
             qk = torch.cat((self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])), dim=2)
         # q and k are adjacent in the fused projection: one rotation covers both.
         q, k = apply_rope(qk.transpose(1, 2), cos, sin).split([H, Hkv], dim=1)  # (B, H, T, D), (B, Hkv, T, D)
         v = v.transpose(1, 2)
-        if cache is None or cache.positions is None:
+        if positions is None:
             if cache is not None:
                 cache.write_prefill(self.layer, k, v)
             # Right-padded batches need only the causal mask: padding comes after every real token.
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
-            k, v = cache.write_decode(self.layer, k, v)
+            k, v = cache.write_decode(self.layer, k, v, positions)
             # One query token per row: fold each kv head's query group into the query axis, so the
             # per-row mask works with GQA without copying the cache to H heads (enable_gqa + a mask
             # would fall back to the slow math kernel on GPU).
@@ -301,8 +311,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+    def forward(self, x, cos, sin, cache=None, positions=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, positions)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -325,8 +335,9 @@ class Transformer(nn.Module):
         """positions (...) long -> cos, sin (..., head_dim) fp32."""
         return rope_tables(self.config, positions)
 
-    def hidden(self, tokens, cos, sin, cache=None):
-        """tokens (B, T) -> final-normed hidden states (B, T, hidden). cos/sin broadcast to (B, H, T, D)."""
+    def hidden(self, tokens, cos, sin, cache=None, positions=None):
+        """tokens (B, T) -> final-normed hidden states (B, T, hidden). cos/sin broadcast to (B, H, T, D).
+        `cache` and `positions`: see KVCache (prefill: a cache, no positions; decode: both)."""
         dtype = _compute_dtype(self)
         cos = cos.to(dtype)
         sin = sin.to(dtype)
@@ -335,7 +346,7 @@ class Transformer(nn.Module):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
-                x = block(x, cos, sin, cache)
+                x = block(x, cos, sin, cache, positions)
         return self.norm(x)
 
     def forward(self, tokens):
@@ -377,7 +388,10 @@ class Transformer(nn.Module):
 def _fuse_layer(get, i, prefix):
     """HF-named tensors of layer i -> our names. `get(name)` returns the tensor, or None if absent."""
     p = f"{prefix}{i}.self_attn."
-    q, k, v, q_bias = get(p + "q_proj.weight"), get(p + "k_proj.weight"), get(p + "v_proj.weight"), get(p + "q_proj.bias")
+    q = get(p + "q_proj.weight")
+    k = get(p + "k_proj.weight")
+    v = get(p + "v_proj.weight")
+    q_bias = get(p + "q_proj.bias")
     out = {f"blocks.{i}.attn.qkv.weight": torch.cat([q, k, v]),
            f"blocks.{i}.attn.proj.weight": get(p + "o_proj.weight"),
            f"blocks.{i}.attn_norm.weight": get(f"{prefix}{i}.input_layernorm.weight"),
@@ -389,7 +403,8 @@ def _fuse_layer(get, i, prefix):
         out[f"blocks.{i}.attn.qkv.bias"] = torch.cat([q_bias, get(p + "k_proj.bias"), get(p + "v_proj.bias")])
     q_norm = get(p + "q_norm.weight")
     if q_norm is not None:
-        out[f"blocks.{i}.attn.q_norm.weight"], out[f"blocks.{i}.attn.k_norm.weight"] = q_norm, get(p + "k_norm.weight")
+        out[f"blocks.{i}.attn.q_norm.weight"] = q_norm
+        out[f"blocks.{i}.attn.k_norm.weight"] = get(p + "k_norm.weight")
     return out
 
 
@@ -432,7 +447,10 @@ def _load_hf_dir(path, device, dtype):
     else:
         raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
     handles = [safe_open(os.path.join(path, name), framework="pt") for name in files]
-    where = {name: h for h in handles for name in h.keys()}
+    where = {}  # tensor name -> the file handle that holds it
+    for handle in handles:
+        for name in handle.keys():
+            where[name] = handle
 
     def get(name):
         return where[name].get_tensor(name).to(device=device, dtype=dtype) if name in where else None
@@ -444,8 +462,12 @@ def _load_hf_dir(path, device, dtype):
 
 def hf_config(config: ModelConfig) -> dict:
     """The config.json transformers (and `ModelConfig.from_hf`) reads back for this architecture."""
-    architecture = "Qwen3ForCausalLM" if config.qk_norm else "Qwen2ForCausalLM" if config.attention_bias \
-        else "LlamaForCausalLM"
+    if config.qk_norm:
+        architecture = "Qwen3ForCausalLM"
+    elif config.attention_bias:
+        architecture = "Qwen2ForCausalLM"
+    else:
+        architecture = "LlamaForCausalLM"
     rope_scaling = dict(config.rope_scaling, rope_type="llama3") if config.rope_scaling else None
     return {"architectures": [architecture], "model_type": SUPPORTED_ARCHITECTURES[architecture],
             "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
@@ -481,7 +503,9 @@ def save_hf_checkpoint(model, tokenizer, path, prompt_format=None):
             state[f"{p}self_attn.q_norm.weight"] = block.attn.q_norm.weight
             state[f"{p}self_attn.k_norm.weight"] = block.attn.k_norm.weight
         state[f"{p}self_attn.o_proj.weight"] = block.attn.proj.weight
-        state[f"{p}mlp.gate_proj.weight"], state[f"{p}mlp.up_proj.weight"] = block.mlp.gate_up.weight.chunk(2)
+        gate, up = block.mlp.gate_up.weight.chunk(2)
+        state[f"{p}mlp.gate_proj.weight"] = gate
+        state[f"{p}mlp.up_proj.weight"] = up
         state[f"{p}mlp.down_proj.weight"] = block.mlp.down.weight
         state[f"{p}input_layernorm.weight"] = block.attn_norm.weight
         state[f"{p}post_attention_layernorm.weight"] = block.mlp_norm.weight
@@ -709,7 +733,10 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
     if not prompts or max_new_tokens <= 0:
-        return [[Sample([], []) for _ in range(n)] for _ in prompts]
+        empty = []
+        for _ in prompts:
+            empty.append([Sample([], []) for _ in range(n)])
+        return empty
     was_training = model.training
     model.eval()
     try:
@@ -831,7 +858,7 @@ def _decode_step(model, cache, token, positions, length):
     cache.set_decode(positions, length)
     cos = cache.cos[positions][:, None, None]  # (rows, 1, 1, head_dim): each row at its own position
     sin = cache.sin[positions][:, None, None]
-    h = model.hidden(token[:, None], cos, sin, cache)
+    h = model.hidden(token[:, None], cos, sin, cache, positions)
     return model.lm_head(h[:, 0]).float()
 
 

@@ -1,4 +1,4 @@
-"""TRR++ advantages and the policy-gradient loss (AZR paper, eq. 8; spec section 6).
+"""TRR++ advantages and the policy-gradient loss (AZR paper, eq. 8; docs/algorithm.md, TRR++ and Loss).
 
 Task-Relative REINFORCE++: every rollout belongs to one of six groups (task type x role). Its
 advantage is its reward normalised by the mean and population std of *its own group* over the

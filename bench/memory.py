@@ -1,8 +1,8 @@
 """Per-GPU memory of AZR training, worked out from parameter counts, per model, strategy and GPU count.
 
-For each config given (default: the published configs in the shared data/configs folder beside the
-repository), builds the model on the meta device to count parameters exactly, then prints a markdown
-table. P = parameters, N = GPUs:
+For each config given (default: the published configs in the repository's data/configs), builds the
+model on the meta device to count parameters exactly, then prints a markdown table. P = parameters,
+N = GPUs:
 
   static (resident all run):  fp32 master weights 4P and AdamW's two fp32 moments 8P, the moments
                               divided by N with --zero, everything divided by N with --fsdp;
@@ -82,8 +82,10 @@ def main():
     parser.add_argument("--micro-batch-size", type=int, default=4, help="sequences per forward/backward")
     parser.add_argument("--gpus", default="2,8", help="GPU counts for the sharded strategies")
     args = parser.parse_args()
-    paths = args.configs or sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                                                          "configs", "*.json")))
+    paths = args.configs
+    if not paths:
+        configs_dir = os.path.join(os.path.dirname(__file__), "..", "data", "configs")
+        paths = sorted(glob.glob(os.path.join(configs_dir, "*.json")))
     if not paths:
         sys.exit("no configs: pass CONFIG.json paths")
     gpu_counts = [int(g) for g in args.gpus.split(",")]

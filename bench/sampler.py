@@ -9,7 +9,7 @@ the weight bytes read per decode step times steps per second (batch 1 is bound b
 the GPU's memory bandwidth, --bandwidth-gbs, for the roofline fraction).
 
     python bench/sampler.py                                   # embedded SmolLM2-135M, CPU, fp32
-    python bench/sampler.py --model ../shared/data/configs/qwen2.5-0.5b.json --device cuda --dtype bfloat16 \
+    python bench/sampler.py --model data/configs/qwen2.5-0.5b.json --device cuda --dtype bfloat16 \
         --batch-sizes 1,64 --new-tokens 512 --bandwidth-gbs 4800
 
 --model is "smollm2-135m", an HF checkpoint directory, or a config.json (random weights of that shape).
@@ -106,7 +106,8 @@ def main():
     args = parser.parse_args()
     if args.model != M.EMBEDDED_MODEL and not os.path.exists(args.model):
         sys.exit(f"--model {args.model!r}: no such file or directory")
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
     hf = reference_model(args.model, dtype).to(device).eval()
     ours = our_model(hf)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]

@@ -1,4 +1,5 @@
 """The training loop: CLI errors, end to end with a scripted sampler, micro-batching, DDP, resume."""
+import dataclasses
 import json
 import os
 import re
@@ -149,6 +150,16 @@ def test_default_run_directory_is_under_runs(tmp_path, monkeypatch):
         azr.train(cfg)
     assert cfg.out.startswith("runs" + os.sep) and os.path.isdir(tmp_path / cfg.out)
     assert os.listdir(tmp_path) == ["runs"]
+
+
+def test_every_flag_has_a_help_text(capsys):
+    with pytest.raises(SystemExit):
+        azr.parse_config(["--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, even inside hyphenated words
+    for field in dataclasses.fields(azr.Config):
+        assert field.metadata["help"].strip(), field.name
+        assert "".join(field.metadata["help"].split()) in text, field.name
+    assert "(default:500;cpupreset:6)" in text  # --steps shows both defaults
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -14,7 +14,7 @@ import eval as ev
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
-CRUX = os.path.join(REPO, "..", "shared", "data", "cruxeval-50.jsonl")
+CRUX = os.path.join(REPO, "data", "cruxeval-50.jsonl")
 needs_crux = pytest.mark.skipif(not os.path.isfile(CRUX), reason="../shared/data/cruxeval-50.jsonl is absent")
 
 

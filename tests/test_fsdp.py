@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import transformers
+from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
 import azr
 import model as M
+import rundir
 from test_azr import ScriptedSampler, fixed_rollouts, read_jsonl, tiny_config
 from test_model import TINY, hf_tiny, random_prompts
 
@@ -38,7 +40,7 @@ def one_update(checkpoint, rollouts, rank, world, fsdp):
     grad_norm = azr.policy_update(model, module, optimizer, rollouts[rank::world], cfg, rank, world,
                                   torch.device("cpu"))
     azr.refresh_sampler_model(copy, model)
-    weights = {name: value.clone() for name, value in azr.full_weights(model).items()}
+    weights = {name: value.clone() for name, value in rundir.full_weights(model).items()}
     return weights, {name: p.clone() for name, p in copy.named_parameters()}, grad_norm
 
 
@@ -108,7 +110,7 @@ def optimizer_state(model, optimizer):
         moments = []
         for key in ("exp_avg", "exp_avg_sq"):
             value = entry[key]
-            moments.append(value.full_tensor() if isinstance(value, azr.DTensor) else value)
+            moments.append(value.full_tensor() if isinstance(value, DTensor) else value)
         state[name] = (float(entry["step"]), *moments)
     return state
 
@@ -118,26 +120,26 @@ def resume_worker(rank, world, port, checkpoint, out, results):
     try:
         _, tokenizer = M.load_model(str(checkpoint))
         saved = {}
-        real_save = azr.save_checkpoint
+        real_save = rundir.save_checkpoint
 
-        def spy(run_dir, model, logprob_module, tokenizer, optimizer, step, rank):
-            real_save(run_dir, model, logprob_module, tokenizer, optimizer, step, rank)
+        def spy(run_dir, model, logprob_module, tokenizer, prompt_format, optimizer, step, rank):
+            real_save(run_dir, model, logprob_module, tokenizer, prompt_format, optimizer, step, rank)
             saved["optimizer"] = optimizer_state(model, optimizer)
 
-        azr.save_checkpoint = spy
+        rundir.save_checkpoint = spy
         azr.train(tiny_config(checkpoint, out, steps=1, fsdp=True, lr=LR), sample_fn=ScriptedSampler(tokenizer))
-        azr.save_checkpoint = real_save
+        rundir.save_checkpoint = real_save
 
         # What --resume restores: a fresh sharded model and optimizer, then load_checkpoint.
         model, _ = M.load_model(os.path.join(out, "checkpoint"))
         module = azr.shard_model(azr.TokenLogprobs(model), torch.device("cpu"), world)
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-        step = azr.load_checkpoint(out, module, optimizer, torch.device("cpu"))
+        step = rundir.load_checkpoint(out, module, optimizer, torch.device("cpu"))
         restored = optimizer_state(model, optimizer)
 
         cfg = azr.parse_config(["--resume", out, "--steps", "2"])
         trained, _ = azr.train(cfg, sample_fn=ScriptedSampler(tokenizer))
-        weights = azr.full_weights(trained)
+        weights = rundir.full_weights(trained)
         torch.save({"saved": saved["optimizer"], "restored": restored, "step": step, "weights": weights},
                    os.path.join(results, f"rank{rank}.pt"))
     finally:

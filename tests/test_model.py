@@ -14,7 +14,7 @@ from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
 import model as M
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "configs", "*.json")))
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "data", "configs", "*.json")))
 TINY = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256)
 FAMILIES = {
@@ -229,7 +229,8 @@ def test_kv_cache_decoding_equals_full_forward(llama):
         for step in range(6):
             cache.set_decode(positions, 9 + step + 1)
             token = torch.tensor([cont[0][step], cont[1][step]])
-            h = ours.hidden(token[:, None], cos[positions][:, None, None], sin[positions][:, None, None], cache)
+            h = ours.hidden(token[:, None], cos[positions][:, None, None], sin[positions][:, None, None], cache,
+                            positions)
             for row in range(2):
                 full = ours(torch.tensor([prompts[row] + cont[row][:step + 1]]))[0, -1]
                 assert (ours.lm_head(h[row, 0]) - full).abs().max() <= 1e-4

@@ -1,0 +1,290 @@
+"""The run directory: everything a training run writes to disk and reads back.
+
+    RUN/config.json                     the full config; --resume reads it back
+    RUN/buffer_<type>.jsonl             the task buffers, appended as tasks are added
+    RUN/seeds/<type>.jsonl              the buffers as seeding left them (--resume, --seed-from)
+    RUN/metrics.jsonl, samples.jsonl    one metrics line per step; a few decoded responses per group
+    RUN/checkpoint/                     HF checkpoint directory + optimizer state, RNG states and step
+    RUN/metrics.png                     `python azr.py --plot RUN`
+
+azr.py calls these functions; nothing here samples or trains. Rank 0 writes; under FSDP every rank
+takes part in saving and loading the sharded optimizer state.
+"""
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.distributed.tensor import DTensor
+
+import buffers
+from buffers import ROLES, TASK_TYPES, TaskBuffer
+from model import Transformer, save_hf_checkpoint
+
+
+# ----------------------------------------------------------------------------- the directory and config
+def prepare_run_dir(cfg):
+    """Create (or check) the run directory before any work; returns a one-line error or None.
+    Sets cfg.out to runs/<timestamp> when it was not given."""
+    if not cfg.out:
+        cfg.out = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    if not cfg.resume and os.path.exists(os.path.join(cfg.out, "config.json")):
+        return f"azr: {cfg.out} already holds a run; pass --resume {cfg.out} or choose another --out"
+    try:
+        os.makedirs(cfg.out, exist_ok=True)
+        tempfile.TemporaryFile(dir=cfg.out).close()  # can we write there?
+    except OSError as error:
+        return f"azr: cannot write to --out {cfg.out}: {error.strerror}"
+    return None
+
+
+def save_config(cfg):
+    with open(os.path.join(cfg.out, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=2)
+
+
+# ----------------------------------------------------------------------------- buffers and seeds
+def open_buffers(cfg, rank):
+    """One JSONL-backed buffer per task type; an empty one starts with its identity seed.
+
+    Rank 0 owns the files (it copies --seed-from seeds, repairs a torn last line, appends); the
+    other ranks load the same content afterwards and keep their copies in memory only.
+    """
+    if rank == 0 and cfg.seed_from and not cfg.resume:
+        for task_type in TASK_TYPES:
+            shutil.copyfile(os.path.join(cfg.seed_from, "seeds", f"{task_type}.jsonl"),
+                            os.path.join(cfg.out, f"buffer_{task_type}.jsonl"))
+    if rank == 0:
+        buffer_map = load_buffers(cfg.out, writable=True)
+    if dist.is_initialized():
+        dist.barrier()
+    if rank != 0:
+        buffer_map = load_buffers(cfg.out, writable=False)
+    return buffer_map
+
+
+def load_buffers(run_dir, writable):
+    buffer_map = {}
+    for task_type in TASK_TYPES:
+        buffer = TaskBuffer(os.path.join(run_dir, f"buffer_{task_type}.jsonl"))
+        if not writable:
+            buffer.path = None  # loaded; appends stay in memory
+        if len(buffer) == 0:
+            if task_type == "induction":
+                buffer.add(buffers.identity_induction_task())
+            else:
+                buffer.add(buffers.identity_triplet())
+        buffer_map[task_type] = buffer
+    return buffer_map
+
+
+def has_seeds(run_dir):
+    return os.path.isdir(os.path.join(run_dir, "seeds"))
+
+
+def save_seeds(run_dir, buffer_map):
+    """Copy the seeded buffers to run_dir/seeds (atomically) for --resume and --seed-from."""
+    seeds_dir = os.path.join(run_dir, "seeds")
+    os.makedirs(seeds_dir + ".tmp", exist_ok=True)
+    for task_type in TASK_TYPES:
+        shutil.copyfile(buffer_map[task_type].path, os.path.join(seeds_dir + ".tmp", f"{task_type}.jsonl"))
+    os.replace(seeds_dir + ".tmp", seeds_dir)
+
+
+# ----------------------------------------------------------------------------- metrics and samples
+def group_metrics(summaries):
+    """Per (type, role) group: mean reward, format-error rate, validity, solve rate, length."""
+    metrics = {}
+    for task_type in TASK_TYPES:
+        for role in ROLES:
+            name = f"{task_type}/{role}"
+            group = [s for s in summaries if s["group"] == name]
+            if not group:
+                continue
+            solve_rates = [s["solve_rate"] for s in group if not math.isnan(s["solve_rate"])]
+            metrics[f"{name}/reward"] = sum(s["reward"] for s in group) / len(group)
+            metrics[f"{name}/format_rate"] = sum(s["format_ok"] for s in group) / len(group)
+            if solve_rates:
+                metrics[f"{name}/solve_rate"] = sum(solve_rates) / len(solve_rates)
+            else:
+                metrics[f"{name}/solve_rate"] = None
+            metrics[f"{name}/response_length"] = sum(s["length"] for s in group) / len(group)
+            if role == "propose":
+                metrics[f"{name}/validity_rate"] = sum(s["valid"] for s in group) / len(group)
+    return metrics
+
+
+def write_json_line(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def write_step_logs(run_dir, metrics, samples):
+    """Append the step's metrics line and its sample responses."""
+    write_json_line(os.path.join(run_dir, "metrics.jsonl"), metrics)
+    for sample in samples:
+        write_json_line(os.path.join(run_dir, "samples.jsonl"), sample)
+
+
+def read_json_lines(path):
+    """The records of a JSONL log; a line torn by a kill is skipped."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line))
+    return rows
+
+
+def drop_logs_after(run_dir, step):
+    """A resumed run repeats the steps after its checkpoint: drop their old metrics and samples lines."""
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        path = os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            continue
+        rows = read_json_lines(path)
+        with open(path, "w") as f:
+            for row in rows:
+                if row["step"] <= step:
+                    f.write(json.dumps(row) + "\n")
+
+
+def step_summary(metrics, steps):
+    """One line: per task type the proposer (P) and solver (S) rewards, validity and accuracy; then
+    buffer sizes, speed and the time split."""
+    def fmt(key, sign=""):
+        if metrics.get(key) is None:
+            return "  - "
+        return f"{metrics[key]:{sign}.2f}"
+
+    parts = [f"step {metrics['step']}/{steps}"]
+    for t in TASK_TYPES:
+        # the format rates make a collapse visible at once: a group that is all malformed has zero
+        # reward variance, so TRR++ gives it no gradient to recover with
+        parts.append(f"{t[:3]} P {fmt(f'{t}/propose/reward', '+')} fmt {fmt(f'{t}/propose/format_rate')} "
+                     f"valid {fmt(f'{t}/propose/validity_rate')} S {fmt(f'{t}/solve/reward', '+')} "
+                     f"fmt {fmt(f'{t}/solve/format_rate')} acc {fmt(f'{t}/solve/solve_rate')}")
+    buffer_sizes = "/".join(str(metrics[f"buffer/{t}"]) for t in TASK_TYPES)
+    parts.append("buf " + buffer_sizes)
+    parts.append(f"{metrics['tokens_per_s']:.0f} tok/s")
+    parts.append(f"sample {metrics['time/sampling']:.0f}s exec {metrics['time/execution']:.0f}s "
+                 f"update {metrics['time/update']:.0f}s")
+    return " | ".join(parts)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def full_weights(model):
+    """{name: full tensor} of every parameter, gathering FSDP shards one parameter at a time (every
+    rank must call it). Tied weights appear once."""
+    weights = {}
+    for name, param in model.named_parameters():
+        value = param.detach()
+        if isinstance(value, DTensor):
+            value = value.full_tensor()
+        weights[name] = value
+    return weights
+
+
+def full_model(model):
+    """A plain fp32 CPU Transformer with the gathered weights of a sharded one (every rank gathers)."""
+    state = {}
+    for name, value in full_weights(model).items():
+        state[name] = value.float().cpu()
+    if model.config.tie_word_embeddings:
+        state["lm_head.weight"] = state["embed.weight"]
+    with torch.device("meta"):
+        copy = Transformer(model.config)
+    copy.load_state_dict(state, assign=True)
+    copy.tie_weights()  # assign=True replaced both parameters; share one again
+    return copy
+
+
+def save_checkpoint(run_dir, model, logprob_module, tokenizer, prompt_format, optimizer, step, rank):
+    """An HF checkpoint directory (eval.py --model and transformers read it) plus optimizer state, RNG
+    states and step, swapped in atomically. Under FSDP every rank writes its shard of the AdamW state
+    (optimizer/, torch.distributed.checkpoint) and the weights are gathered for rank 0 to write."""
+    tmp = os.path.join(run_dir, "checkpoint.tmp")
+    final = os.path.join(run_dir, "checkpoint")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    weights = model
+    if isinstance(logprob_module, FSDPModule):
+        dist.barrier()  # tmp exists before any rank writes into it
+        dcp.save(get_optimizer_state_dict(logprob_module, optimizer), checkpoint_id=os.path.join(tmp, "optimizer"))
+        weights = full_model(model)
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        optimizer.consolidate_state_dict(to=0)
+    if rank != 0:
+        return
+    save_hf_checkpoint(weights, tokenizer, tmp, prompt_format=prompt_format)
+    if not isinstance(logprob_module, FSDPModule):
+        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+    torch.save({"step": step, "python": random.getstate(), "torch": torch.get_rng_state()},
+               os.path.join(tmp, "state.pt"))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def load_checkpoint(run_dir, logprob_module, optimizer, device):
+    """Restore the optimizer state, RNG states and step of the latest checkpoint (its weights are the
+    model train() loaded); returns the step to continue from (0 without one)."""
+    path = os.path.join(run_dir, "checkpoint")
+    if not os.path.isdir(path):
+        return 0
+    if isinstance(logprob_module, FSDPModule):
+        state = get_optimizer_state_dict(logprob_module, optimizer)
+        dcp.load(state, checkpoint_id=os.path.join(path, "optimizer"))
+        set_optimizer_state_dict(logprob_module, optimizer, state)
+    else:
+        optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=device))
+    state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    return state["step"]
+
+
+# ----------------------------------------------------------------------------- plotting
+def plot_run(run_dir):
+    """metrics.jsonl -> metrics.png: per group, rewards, format rates, validity and solve rates."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("azr: plotting needs matplotlib: pip install matplotlib")
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        sys.exit(f"azr: no metrics.jsonl in {run_dir}")
+    rows = read_json_lines(path)
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
+    panels = [("reward", "mean reward"), ("format_rate", "well-formed responses"),
+              ("validity_rate", "proposal validity"), ("solve_rate", "solve rate")]
+    for ax, (suffix, title) in zip(axes, panels):
+        keys = set()
+        for row in rows:
+            for key in row:
+                if key.endswith("/" + suffix):
+                    keys.add(key)
+        for key in sorted(keys):
+            steps = [row["step"] for row in rows if row.get(key) is not None]
+            values = [row[key] for row in rows if row.get(key) is not None]
+            if steps:
+                ax.plot(steps, values, label=key.rsplit("/", 1)[0], marker=".")
+        ax.set(title=title, xlabel="step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "metrics.png"), dpi=120)
+    print(f"wrote {os.path.join(run_dir, 'metrics.png')}")
