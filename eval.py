@@ -1281,6 +1281,13 @@ def math_prompt(bench, problem):
     return f"{AZR_SYSTEM}{math_question(bench, problem)}\nAssistant:"
 
 
+def judge_lines(result):
+    """The judge's verdict lines ("true"/"false") in a run_stdio result; none unless it ran to the end."""
+    if result.status != "ok":
+        return []
+    return [line.strip() for line in result.output.splitlines() if line.strip() in ("true", "false")]
+
+
 def judge_math(items, executor, desc):
     """[right?] for [{pred, gold, unit}], judged by math-verify in the sandbox."""
     verdicts = [None] * len(items)
@@ -1295,16 +1302,16 @@ def judge_math(items, executor, desc):
     for chunk, result in zip(chunks, results):
         if result.status == "error" and "ModuleNotFoundError" in result.message:
             fail(f"the math judge needs math-verify in the sandbox: {result.message}")
-        lines = result.output.splitlines() if result.status == "ok" else []
+        lines = judge_lines(result)
         if len(lines) == len(chunk):
             for i, line in zip(chunk, lines):
-                verdicts[i] = line.strip() == "true"
+                verdicts[i] = line == "true"
         else:
             retry.extend(chunk)
     if retry:
         calls = [(MATH_JUDGE, json.dumps([items[i]]), MATH_SINGLE_TIMEOUT_S) for i in retry]
         for i, result in zip(retry, run_stdio_calls(executor, calls, f"{desc} (one by one)")):
-            verdicts[i] = result.status == "ok" and result.output.strip() == "true"
+            verdicts[i] = judge_lines(result) == ["true"]
     return verdicts
 
 
@@ -1520,6 +1527,8 @@ def paper_main(args):
         line = f"{bench}: pass@1 {fmt(results[bench]['pass@1'])}"
         if "base pass@1" in results[bench]:
             line += f" (base + plus tests), base tests only {fmt(results[bench]['base pass@1'])}"
+        if bench == "livecodebench":
+            line += f" (contests {args.lcb_start} .. {args.lcb_end})"
         print(f"{line}  [{results[bench]['problems']} problems]")
     return report
 

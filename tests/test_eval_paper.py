@@ -36,6 +36,33 @@ def score_file(tmp_path, bench, data, generations, *extra):
     return json.loads(out.read_text())["benchmarks"][bench]
 
 
+# ------------------------------------------------------------------------- the sandbox's run_stdio op
+
+def test_run_stdio_feeds_stdin_and_returns_the_whole_stdout():
+    from executor import Executor
+    with Executor(workers=2, timeout_s=10, banned_modules=()) as pool:
+        calls = [
+            ("run_stdio", "n = int(input())\nprint(n * 2)", "21\n", 5.0),
+            ("run_stdio", "import sys\nprint(sys.stdin.buffer.read().decode().upper(), end='')", "abc", 5.0),
+            ("run_stdio", "print(open(0).read().count('x'))", "x x x\n", 5.0),
+            ("run_stdio", "print('y' * 100_000)", "", 5.0),  # far beyond the 2 KB kept of other ops' output
+            ("run_stdio", "print('before')\nraise SystemExit(3)", "", 5.0),  # judges read the output anyway
+            ("run_stdio", "print('partial')\n1 / 0", "", 5.0),
+            ("run_stdio", "while True:\n    pass", "", 0.5),  # the call's own wall clock, below the pool's
+            ("run_stdio", "print('z' * 9_000_000)", "", 5.0),  # more than one reply carries
+            ("run_stdio", "print(1)", "", "5"),  # a malformed call is an error, not a crash
+        ]
+        results = pool.run_batch(calls)
+    assert [r.status for r in results] == ["ok", "ok", "ok", "ok", "ok", "error", "timeout", "too_long", "error"]
+    assert results[0].output == "42\n"
+    assert results[1].output == "ABC"
+    assert results[2].output == "3\n"
+    assert results[3].output == "y" * 100_000 + "\n"
+    assert results[4].output == "before\n"
+    assert results[5].output == "partial\n"
+    assert "ZeroDivisionError" in results[5].message
+
+
 # ------------------------------------------------------------------------------------------ EvalPlus
 
 def test_humaneval_plus_reference_completions_pass(tmp_path):
