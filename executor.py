@@ -58,6 +58,7 @@ BANNED_MODULES = ("logging", "random", "multiprocessing", "subprocess", "threadi
 STATUSES = ("ok", "wrong", "error", "timeout", "banned", "nondeterministic", "too_long", "syntax")
 OPS = {"validate": (str, str), "check_output": (str, str, str), "check_input": (str, str, str),
        "check_program": (str, list), "run_script": (str,)}  # op -> argument types
+OPS["run_stdio"] = (str, str, (int, float))  # program, its stdin, wall clock in seconds (see Executor.run_stdio)
 
 
 @dataclass
@@ -245,6 +246,8 @@ def _encode(value):
 
 def _child_run(job):
     """Run one job in the already-sandboxed child; return the reply dict for the worker."""
+    if job["op"] == "run_stdio":
+        return _child_stdio(job)
     g = {"__name__": "__main__"}
     exec(compile(job["program"], "<program>", "exec"), g)
     if job["op"] == "run_script":
@@ -293,6 +296,36 @@ def _child_main(cfg, features, workdir, job_r, out_w, res_w):
         _write_all(3, json.dumps(reply).encode())
     finally:
         os._exit(code)
+
+
+def _child_stdio(job):
+    """run_stdio in the sandboxed child: the program runs as __main__ with fd 0 reading job["stdin"] and fd 1 writing
+    a file (both in the private scratch directory), so input(), sys.stdin.buffer, open(0) and os.write(1, ...) all
+    behave as in a shell; the whole stdout comes back. SystemExit is a normal end (judges read the output either way)."""
+    with open("stdin", "w", encoding="utf-8") as fh:
+        fh.write(job["stdin"])
+    sys.stdout.flush()
+    for name, fd, flags in (("stdin", 0, os.O_RDONLY), ("stdout", 1, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        opened = os.open(name, flags, 0o600)
+        os.dup2(opened, fd)
+        os.close(opened)
+    reply = {"status": "ok"}
+    try:
+        exec(compile(job["program"], "<program>", "exec"), {"__name__": "__main__"})
+    except SystemExit:
+        pass
+    except BaseException as e:  # noqa: BLE001 - the program's error is a verdict, with the output it wrote so far
+        reply = {"status": "error", "message": "unprintable exception"}
+        with contextlib.suppress(BaseException):
+            reply["message"] = _short("".join(traceback.format_exception_only(e)).strip())
+    for stream in (sys.stdout, sys.__stdout__):  # the program may have replaced sys.stdout
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    with open("stdout", "rb") as fh:
+        output = fh.read().decode("utf-8", errors="replace")
+    if len(json.dumps(output)) > MAX_REPLY_BYTES - 4096:  # the reply pipe's cap, less room for the other fields
+        return {"status": "too_long", "message": f"stdout has {len(output)} chars"}
+    return dict(reply, output=output)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -613,6 +646,17 @@ def _start_forker(cfg, worker_fds):
 # ----------------------------------------------------------------------------------------------------
 # The worker: static checks, one sandboxed child per call (through the forker), verdicts.
 
+def _run_stdio(program, stdin, timeout_s, cfg, features, forker):
+    """Reply for run_stdio. No static checks, as for run_script: benchmark programs and judges import what they
+    like, every sandbox limit holds. The wall clock is the smaller of timeout_s and the pool's."""
+    if not timeout_s > 0:
+        return {"status": "error", "message": f"run_stdio needs a positive timeout, got {timeout_s!r}"}
+    job = {"op": "run_stdio", "program": program, "stdin": stdin}
+    reply = _sandboxed(job, dict(cfg, timeout_s=min(float(timeout_s), cfg["timeout_s"])), features, forker)
+    return {k: str(reply.get(k, "")) for k in ("status", "output", "message")}
+
+
+
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
@@ -841,6 +885,8 @@ def _handle(op, args, cfg, features, forker):
     error = _call_error(op, args)
     if error:
         return error
+    if op == "run_stdio":
+        return _run_stdio(*args, cfg=cfg, features=features, forker=forker)
     inputs = _inputs_of(op, args)
     error = _static_error(op, args[0], inputs, frozenset(cfg["banned"]))
     if error:
@@ -997,6 +1043,13 @@ class Executor:
 
     def run_script(self, source):  # ok iff a whole script (benchmark tests) ends without an exception;
         return self.run_batch([("run_script", source)])[0]  # imports are free, every limit applies
+
+    def run_stdio(self, program, stdin="", timeout_s=None):
+        """Run a whole program with `stdin` as its standard input; .output is everything it wrote to stdout (also
+        with status error, when it raised). timeout_s: wall clock of this call, at most the pool's timeout_s. Judges
+        compare .output outside the sandbox, so expected outputs never meet the program. In run_batch, the call is
+        ("run_stdio", program, stdin, timeout_s)."""
+        return self.run_batch([("run_stdio", program, stdin, float(timeout_s or self.timeout_s))])[0]
 
     def close(self):
         for proc in self._procs:
