@@ -1,4 +1,4 @@
-"""Benchmarks the paper reports (spec section 11): CRUXEval-O/-I, HumanEval, MBPP, MATH-style and GSM8K, and
+"""Benchmarks the paper reports: CRUXEval-O/-I, HumanEval, MBPP, MATH-style and GSM8K, and
 the paper's Table 1 (`--suite paper`: HumanEval+, MBPP+, LiveCodeBench and six math sets).
 
 Two modes: `--model` samples answers with our `generate` (AZR solver prompts for CRUXEval, the AZR
@@ -173,7 +173,7 @@ def cruxeval_script(problem, answer, bench):
     - input prediction: the answer is a call such as `f('abc', 3)` and is wrong when it has no `f(`;
       a call of another name (`g(1)`), or extra text that is not Python, fails to run and is wrong.
       One addition asked for by this project (issue 6): a bare argument list (`'abc', 3`, what our
-      abduction solver answers, spec section 1) is wrapped as `f(...)`. The official script counts
+      abduction solver answers, see docs/algorithm.md) is wrapped as `f(...)`. The official script counts
       it wrong; files written for that script hold calls, so their scores do not change.
     The answer is pasted verbatim into `{code}\\nassert {output} == {answer}`, as the harness does; an
     answer that raises, does not parse or times out (3 s) is wrong but still counts in the n answers."""
@@ -418,7 +418,7 @@ def to_generation(bench, response):
         if not parsed.ok:
             return ""  # a malformed response is a wrong answer (it does not run), never a crash
         # From here the official rule scores it (cruxeval_script), as for a generations file: the
-        # answer text is evaluated, unlike the trainer's value comparison (spec section 4).
+        # answer text is evaluated, unlike the trainer's value comparison (docs/algorithm.md, "Three task types").
         # the payload on its own lines, as the trainer parses it: a trailing comment cannot eat the ")"
         return parsed.payload if bench == "cruxeval-o" else f"f(\n{parsed.payload}\n)"
     if bench in ("humaneval", "mbpp"):
