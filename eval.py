@@ -1,5 +1,7 @@
-"""Benchmarks the paper reports: CRUXEval-O/-I, HumanEval, MBPP, MATH-style and GSM8K, and
-the paper's Table 1 (`--suite paper`: HumanEval+, MBPP+, LiveCodeBench and six math sets).
+"""The benchmarks the paper reports, scored as their official harnesses score them.
+
+CRUXEval-O/-I, HumanEval, MBPP, MATH-style and GSM8K, and the paper's Table 1 (`--suite paper`: HumanEval+,
+MBPP+, LiveCodeBench and six math sets).
 
 Two modes: `--model` samples answers with our `generate` (AZR solver prompts for CRUXEval, the AZR
 template for code and math) and scores them; `--generations` scores a file of answers without a model.
@@ -1605,11 +1607,13 @@ def parse_args(argv):
     source.add_argument("--model", help="HF checkpoint dir (e.g. a run's checkpoint/) or an embedded model "
                         "(qwen2.5-coder-0.5b-instruct, smollm2-135m)")
     source.add_argument("--generations", help="answers to score: JSON {id: [answers]} or samples JSONL")
-    source.add_argument("--generations-dir", help="--suite: folder of saved answers, <bench>.jsonl or <bench>.json")
+    source.add_argument("--generations-dir",
+                        help="--suite: folder of saved answers, <bench>.jsonl or <bench>.json")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each benchmark")
     p.add_argument("--lcb-start", default=LCB_START, help=f"first LiveCodeBench contest date (default {LCB_START})")
     p.add_argument("--lcb-end", default=LCB_END, help=f"last LiveCodeBench contest date (default {LCB_END})")
-    p.add_argument("--cache-dir", default=CACHE_DIR, help="kept expected outputs and decoded tests (default %(default)s)")
+    p.add_argument("--cache-dir", default=CACHE_DIR,
+                   help="kept expected outputs and decoded tests (default %(default)s)")
     p.add_argument("--n", type=int, default=1, help="answers sampled per problem (pass@5 needs 5)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the paper's setting)")
     p.add_argument("--prompt-format", default="auto", choices=("auto", "chat", "plain"),
@@ -1617,7 +1621,7 @@ def parse_args(argv):
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="response length (default: 1024; the authors' lengths for the paper's sets)")
     p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0; default 0)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--workers", type=int, default=None, help="executor processes (default: CPU count)")
     p.add_argument("--out", help="write results JSON here")
