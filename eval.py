@@ -224,15 +224,17 @@ def start_executor(workers=None):
 
 def run_scripts(scripts, executor):
     """Runs each script (None = wrong without running) in the sandbox; True where it ran to the end."""
-    todo = [i for i, s in enumerate(scripts) if s is not None]
+    from executor import run_batch_with_progress
+    todo = []
+    calls = []
+    for i, script in enumerate(scripts):
+        if script is not None:
+            todo.append(i)
+            calls.append(("run_script", script))
+    results = run_batch_with_progress(executor, calls, 8 * executor.workers, desc="executing")
     passed = [False] * len(scripts)
-    chunk = 8 * executor.workers  # run_batch is parallel inside; chunks only feed the progress bar
-    with tqdm(total=len(todo), desc="executing", unit="prog") as bar:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start:start + chunk]
-            for i, result in zip(batch, executor.run_batch([("run_script", scripts[i]) for i in batch])):
-                passed[i] = result.status == "ok"
-            bar.update(len(batch))
+    for i, result in zip(todo, results):
+        passed[i] = result.status == "ok"
     return passed
 
 
@@ -495,14 +497,11 @@ AZR_SYSTEM = ("A conversation between User and Assistant. The user asks a questi
 
 def run_stdio_calls(executor, calls, desc):
     """Results of run_stdio calls [(program, stdin, timeout_s)] in order, run in parallel, with a progress bar."""
-    results = []
-    chunk = 32 * executor.workers  # run_batch is parallel inside; chunks only feed the progress bar
-    with tqdm(total=len(calls), desc=desc, unit="run") as bar:
-        for start in range(0, len(calls), chunk):
-            batch = [("run_stdio", program, stdin, float(timeout)) for program, stdin, timeout in calls[start:start + chunk]]
-            results.extend(executor.run_batch(batch))
-            bar.update(len(batch))
-    return results
+    from executor import run_batch_with_progress
+    batch = []
+    for program, stdin, timeout in calls:
+        batch.append(("run_stdio", program, stdin, float(timeout)))
+    return run_batch_with_progress(executor, batch, 32 * executor.workers, desc=desc, unit="run")
 
 
 def start_paper_executor(workers=None):

@@ -1066,3 +1066,16 @@ class Executor:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def run_batch_with_progress(executor, calls, chunk, desc, unit="prog", leave=True):
+    """executor.run_batch(calls) behind a progress bar. run_batch is parallel inside; the calls go in chunks of
+    `chunk` only so that the bar moves."""
+    from tqdm import tqdm  # imported here: workers load this file with `python -S`, which has no site-packages
+    results = []
+    with tqdm(total=len(calls), desc=desc, unit=unit, leave=leave) as bar:
+        for start in range(0, len(calls), chunk):
+            batch = calls[start:start + chunk]
+            results.extend(executor.run_batch(batch))
+            bar.update(len(batch))
+    return results
