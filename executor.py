@@ -101,6 +101,20 @@ def _banned_import(tree, banned):
     return None
 
 
+def defines_f(tree):
+    """True if the parsed program `tree` defines a function f at top level: every task is about f."""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "f":
+            return True
+    return False
+
+
+def is_call_of_f(node):
+    """True if `node`, parsed from `f(\n<source>\n)`, is still one call of the name f. It is not when source
+    closes the parenthesis early (`1), g(2` or `1)(2`), which would smuggle a second expression past it."""
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "f"
+
+
 def _parse(source, banned, mode):
     """(tree, None) for a program ("exec") or an argument list ("args": the Call node of `f(<source>)`)
     that parses and imports nothing banned, else (None, error reply)."""
@@ -109,9 +123,9 @@ def _parse(source, banned, mode):
         tree = ast.parse(source if mode == "exec" else f"f(\n{source}\n)", mode="exec" if mode == "exec" else "eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
         return None, {"status": "syntax", "message": f"{what} does not parse: {e}"}
-    if mode == "args":  # `1), g(2` would otherwise smuggle a second expression past the parentheses
+    if mode == "args":
         tree = tree.body
-        if not (isinstance(tree, ast.Call) and getattr(tree.func, "id", None) == "f"):
+        if not is_call_of_f(tree):
             return None, {"status": "syntax", "message": "input is not an argument list"}
     bad = _banned_import(tree, banned)
     return (None, {"status": "banned", "message": f"{what} imports banned module {bad}"}) if bad else (tree, None)
@@ -719,7 +733,9 @@ def _static_error(op, program, inputs, banned):
     tree, error = _parse(program, banned, "exec")
     if error:
         return error
-    if op != "run_script" and not any(isinstance(n, ast.FunctionDef) and n.name == "f" for n in tree.body):
+    # buffers.py checks the same shapes (defines_f, is_call_of_f) earlier, as format checks of a response with
+    # their own reasons; these checks are the ones that hold for every call, whoever sends it.
+    if op != "run_script" and not defines_f(tree):
         return {"status": "syntax", "message": "program defines no top-level function f"}
     classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
     for source in inputs:
