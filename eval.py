@@ -242,7 +242,8 @@ def run_scripts(scripts, executor):
 
 def last_boxed(text):
     """Content of the last \\boxed{...} (or \\fbox{...}) with nested braces; `\\boxed 5` too; else None."""
-    boxed, fbox = text.rfind("\\boxed"), text.rfind("\\fbox")
+    boxed = text.rfind("\\boxed")
+    fbox = text.rfind("\\fbox")
     if boxed < 0 and fbox < 0:
         return None
     rest = text[boxed + len("\\boxed"):] if boxed > fbox else text[fbox + len("\\fbox"):]
@@ -324,7 +325,9 @@ def split_top_level(s):
     """Elements of a bracketed tuple/list/interval `(a,b)`, or None if s is not one."""
     if len(s) < 2 or s[0] not in "([" or s[-1] not in ")]":
         return None
-    parts, depth, current = [], 0, ""
+    parts = []
+    depth = 0
+    current = ""
     for ch in s[1:-1]:
         depth += (ch in "([{") - (ch in ")]}")
         if ch == "," and depth == 0:
@@ -337,13 +340,16 @@ def split_top_level(s):
 
 def math_equal(prediction, gold):
     """Equal after normalisation, or numerically within MATH_REL_TOL, element by element for tuples."""
-    a, b = normalize_math(prediction), normalize_math(gold)
+    a = normalize_math(prediction)
+    b = normalize_math(gold)
     if a == b:
         return True
-    x, y = to_number(a), to_number(b)
+    x = to_number(a)
+    y = to_number(b)
     if x is not None and y is not None:
         return math.isclose(x, y, rel_tol=MATH_REL_TOL, abs_tol=1e-9)
-    parts_a, parts_b = split_top_level(a), split_top_level(b)
+    parts_a = split_top_level(a)
+    parts_b = split_top_level(b)
     if parts_a and parts_b and len(parts_a) == len(parts_b) > 1 and a[0] + a[-1] == b[0] + b[-1]:
         return all(math_equal(p, q) for p, q in zip(parts_a, parts_b))
     return False
@@ -353,14 +359,23 @@ def math_equal(prediction, gold):
 
 def score(bench, problems, generations, executor=None):
     """{problem id: [correct? per answer]} for {problem id: [answer strings]}; code needs the executor."""
-    items = [(pid, answer) for pid, answers in generations.items() for answer in answers]
+    items = []
+    for pid, answers in generations.items():
+        for answer in answers:
+            items.append((pid, answer))
     if bench in ("math", "gsm8k"):
-        verdicts = [math_equal(extract_math_answer(a, bench), gold_answer(bench, problems[pid]))
-                    for pid, a in items]
+        verdicts = []
+        for pid, answer in items:
+            verdicts.append(math_equal(extract_math_answer(answer, bench), gold_answer(bench, problems[pid])))
     else:
-        make = {"humaneval": humaneval_script, "mbpp": mbpp_script}.get(bench)
-        scripts = [make(problems[pid], a) if make else cruxeval_script(problems[pid], a, bench)
-                   for pid, a in items]
+        scripts = []
+        for pid, answer in items:
+            if bench == "humaneval":
+                scripts.append(humaneval_script(problems[pid], answer))
+            elif bench == "mbpp":
+                scripts.append(mbpp_script(problems[pid], answer))
+            else:
+                scripts.append(cruxeval_script(problems[pid], answer, bench))
         verdicts = run_scripts(scripts, executor)
     scores = {pid: [] for pid in generations}
     for (pid, _), ok in zip(items, verdicts):
@@ -1189,7 +1204,8 @@ def lcb_prompt(problem):
             "in ```python``` tags.\n\n")
     task += f"Question: {problem['question_content']}\n\n"
     if problem["starter_code"]:
-        task += "You will use the following starter code to write the solution to the problem and enclose your code within delimiters.\n"
+        task += ("You will use the following starter code to write the solution to the problem and enclose your "
+                 "code within delimiters.\n")
         task += f"```python\n{problem['starter_code']}\n```\n\n"
     else:
         task += ("Read the inputs from stdin solve the problem and write the answer to stdout (do not directly "
@@ -1666,8 +1682,13 @@ def main(argv=None):
             executor.close()
     format_rate = None  # a file of answers has no responses whose format could be judged
     if responses is not None:
-        answers = [response for per_problem in responses.values() for response in per_problem]
-        format_rate = 100.0 * sum(is_well_formed(args.bench, r) for r in answers) / max(1, len(answers))
+        well_formed = 0
+        answers = 0
+        for per_problem in responses.values():
+            for response in per_problem:
+                well_formed += is_well_formed(args.bench, response)
+                answers += 1
+        format_rate = 100.0 * well_formed / max(1, answers)
     results = {"bench": args.bench, "data": data,
                "pass@1": pass_at_k_percent(scores.values(), 1),
                "pass@5": pass_at_k_percent(scores.values(), 5),
