@@ -110,7 +110,7 @@ def defines_f(tree):
 
 
 def is_call_of_f(node):
-    """True if `node`, parsed from `f(\n<source>\n)`, is still one call of the name f. It is not when source
+    """True if `node`, parsed from `f(\\n<source>\\n)`, is still one call of the name f. It is not when source
     closes the parenthesis early (`1), g(2` or `1)(2`), which would smuggle a second expression past it."""
     return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "f"
 
@@ -118,9 +118,16 @@ def is_call_of_f(node):
 def _parse(source, banned, mode):
     """(tree, None) for a program ("exec") or an argument list ("args": the Call node of `f(<source>)`)
     that parses and imports nothing banned, else (None, error reply)."""
-    what = "program" if mode == "exec" else "input"
+    if mode == "exec":
+        what = "program"
+        text = source
+        parse_mode = "exec"
+    else:
+        what = "input"
+        text = f"f(\n{source}\n)"  # newlines: a trailing comment in source cannot swallow the ")"
+        parse_mode = "eval"
     try:
-        tree = ast.parse(source if mode == "exec" else f"f(\n{source}\n)", mode="exec" if mode == "exec" else "eval")
+        tree = ast.parse(text, mode=parse_mode)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
         return None, {"status": "syntax", "message": f"{what} does not parse: {e}"}
     if mode == "args":
@@ -128,14 +135,19 @@ def _parse(source, banned, mode):
         if not is_call_of_f(tree):
             return None, {"status": "syntax", "message": "input is not an argument list"}
     bad = _banned_import(tree, banned)
-    return (None, {"status": "banned", "message": f"{what} imports banned module {bad}"}) if bad else (tree, None)
+    if bad:
+        return None, {"status": "banned", "message": f"{what} imports banned module {bad}"}
+    return tree, None
 
 
 def _is_data(node, classes):
     """True if evaluating `node` runs no code its author wrote: literals, containers, arithmetic,
     SAFE_CALLS/SAFE_NAMES and the program's own top-level classes (the proposer's code, not the solver's)."""
     if isinstance(node, ast.Call):
-        if getattr(node.func, "id", None) not in {*SAFE_CALLS, *classes} or any(k.arg is None for k in node.keywords):
+        name = getattr(node.func, "id", None)
+        if name not in SAFE_CALLS and name not in classes:
+            return False
+        if any(k.arg is None for k in node.keywords):  # `**x`
             return False
         children = node.args + [k.value for k in node.keywords]
     elif isinstance(node, ast.Name):
@@ -176,14 +188,19 @@ def _build(node):
         if isinstance(node, ast.Dict) and None not in node.keys:
             return {_build(k): _build(v) for k, v in zip(node.keys, node.values)}
         if type(getattr(node, "op", None)) in SIGNS:  # -1, +2.5, complex (1+2j)
-            operands = list(map(_build, [node.operand] if isinstance(node, ast.UnaryOp) else [node.left, node.right]))
+            if isinstance(node, ast.UnaryOp):
+                operands = [_build(node.operand)]
+            else:
+                operands = [_build(node.left), _build(node.right)]
             if all(type(v) in (int, float, complex) for v in operands):
                 return SIGNS[type(node.op)](*operands)
         if isinstance(node, ast.Name) and node.id in SAFE_NAMES:
             return SAFE_NAMES[node.id]
         if (isinstance(node, ast.Call) and getattr(node.func, "id", None) in SAFE_CALLS
                 and not any(isinstance(a, ast.Starred) for a in node.args) and all(k.arg for k in node.keywords)):
-            return SAFE_CALLS[node.func.id](*map(_build, node.args), **{k.arg: _build(k.value) for k in node.keywords})
+            args = [_build(a) for a in node.args]
+            kwargs = {k.arg: _build(k.value) for k in node.keywords}
+            return SAFE_CALLS[node.func.id](*args, **kwargs)
     except (TypeError, ValueError, OverflowError, RecursionError, MemoryError):
         pass  # e.g. {[1]}: unhashable; compared as text below
     return Opaque(ast.unparse(node))
