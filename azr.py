@@ -43,7 +43,7 @@ from tqdm import tqdm
 import buffers
 import rundir
 from buffers import ROLES, TASK_TYPES, Rewards
-from executor import BANNED_MODULES, Executor
+from executor import BANNED_MODULES, Executor, run_batch_with_progress
 from model import (CPU_DEFAULT_MODEL, EMBEDDED_MODELS, KVCache, Transformer, default_stop_ids, generate, load_model,
                    recorded_prompt_format)
 from trr import policy_gradient_loss, trr_advantages
@@ -347,12 +347,7 @@ class TimedExecutor:
 
     def run_batch(self, calls):
         start = time.time()
-        results = []
-        with tqdm(total=len(calls), desc="execute", unit="prog", leave=False) as bar:
-            for i in range(0, len(calls), self.chunk):
-                chunk = calls[i:i + self.chunk]
-                results += self.executor.run_batch(chunk)
-                bar.update(len(chunk))
+        results = run_batch_with_progress(self.executor, calls, self.chunk, desc="execute", leave=False)
         self.seconds += time.time() - start
         return results
 

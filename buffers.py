@@ -32,7 +32,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from executor import BANNED_MODULES
+from executor import BANNED_MODULES, defines_f, is_call_of_f
 
 TASK_TYPES = ("deduction", "abduction", "induction")
 ROLES = ("propose", "solve")
@@ -359,7 +359,7 @@ def _check_program(src: str, one_function: bool = False) -> str:
         tree = ast.parse(src)
     except Exception:  # SyntaxError, ValueError (null bytes), RecursionError, MemoryError
         return "syntax"
-    if not any(isinstance(node, ast.FunctionDef) and node.name == "f" for node in tree.body):
+    if not defines_f(tree):
         return "no_f"
     if one_function:
         defs = 0
@@ -372,16 +372,19 @@ def _check_program(src: str, one_function: bool = False) -> str:
 
 
 def _parse_call(src: str):
-    """The ast.Call of f(<src>), or None unless src is exactly a non-empty argument list. The parsed
-    call must be f itself with src as its arguments: this rejects "1), g(2" and "1)(2", which would
-    smuggle more code past the parentheses. Newlines around src allow a trailing comment, as in the
-    executor."""
+    """The ast.Call of f(<src>), or None unless src is exactly a non-empty argument list (see
+    executor.is_call_of_f). Newlines around src allow a trailing comment, as in the executor. Unlike the
+    executor's check, which holds for any call, an empty argument list is a format error here: a proposer
+    or solver must write an input."""
     try:
         call = ast.parse(f"f(\n{src}\n)", mode="eval").body
     except Exception:  # SyntaxError, ValueError (null bytes), RecursionError, MemoryError
         return None
-    ok = isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "f"
-    return call if ok and (call.args or call.keywords) else None
+    if not is_call_of_f(call):
+        return None
+    if not call.args and not call.keywords:
+        return None
+    return call
 
 
 def _check_input(src: str) -> str:

@@ -1,5 +1,7 @@
-"""Benchmarks the paper reports (spec section 11): CRUXEval-O/-I, HumanEval, MBPP, MATH-style and GSM8K, and
-the paper's Table 1 (`--suite paper`: HumanEval+, MBPP+, LiveCodeBench and six math sets).
+"""The benchmarks the paper reports, scored as their official harnesses score them.
+
+CRUXEval-O/-I, HumanEval, MBPP, MATH-style and GSM8K, and the paper's Table 1 (`--suite paper`: HumanEval+,
+MBPP+, LiveCodeBench and six math sets).
 
 Two modes: `--model` samples answers with our `generate` (AZR solver prompts for CRUXEval, the AZR
 template for code and math) and scores them; `--generations` scores a file of answers without a model.
@@ -173,7 +175,7 @@ def cruxeval_script(problem, answer, bench):
     - input prediction: the answer is a call such as `f('abc', 3)` and is wrong when it has no `f(`;
       a call of another name (`g(1)`), or extra text that is not Python, fails to run and is wrong.
       One addition asked for by this project (issue 6): a bare argument list (`'abc', 3`, what our
-      abduction solver answers, spec section 1) is wrapped as `f(...)`. The official script counts
+      abduction solver answers, see docs/algorithm.md) is wrapped as `f(...)`. The official script counts
       it wrong; files written for that script hold calls, so their scores do not change.
     The answer is pasted verbatim into `{code}\\nassert {output} == {answer}`, as the harness does; an
     answer that raises, does not parse or times out (3 s) is wrong but still counts in the n answers."""
@@ -222,15 +224,17 @@ def start_executor(workers=None):
 
 def run_scripts(scripts, executor):
     """Runs each script (None = wrong without running) in the sandbox; True where it ran to the end."""
-    todo = [i for i, s in enumerate(scripts) if s is not None]
+    from executor import run_batch_with_progress
+    todo = []
+    calls = []
+    for i, script in enumerate(scripts):
+        if script is not None:
+            todo.append(i)
+            calls.append(("run_script", script))
+    results = run_batch_with_progress(executor, calls, 8 * executor.workers, desc="executing")
     passed = [False] * len(scripts)
-    chunk = 8 * executor.workers  # run_batch is parallel inside; chunks only feed the progress bar
-    with tqdm(total=len(todo), desc="executing", unit="prog") as bar:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start:start + chunk]
-            for i, result in zip(batch, executor.run_batch([("run_script", scripts[i]) for i in batch])):
-                passed[i] = result.status == "ok"
-            bar.update(len(batch))
+    for i, result in zip(todo, results):
+        passed[i] = result.status == "ok"
     return passed
 
 
@@ -238,7 +242,8 @@ def run_scripts(scripts, executor):
 
 def last_boxed(text):
     """Content of the last \\boxed{...} (or \\fbox{...}) with nested braces; `\\boxed 5` too; else None."""
-    boxed, fbox = text.rfind("\\boxed"), text.rfind("\\fbox")
+    boxed = text.rfind("\\boxed")
+    fbox = text.rfind("\\fbox")
     if boxed < 0 and fbox < 0:
         return None
     rest = text[boxed + len("\\boxed"):] if boxed > fbox else text[fbox + len("\\fbox"):]
@@ -320,7 +325,9 @@ def split_top_level(s):
     """Elements of a bracketed tuple/list/interval `(a,b)`, or None if s is not one."""
     if len(s) < 2 or s[0] not in "([" or s[-1] not in ")]":
         return None
-    parts, depth, current = [], 0, ""
+    parts = []
+    depth = 0
+    current = ""
     for ch in s[1:-1]:
         depth += (ch in "([{") - (ch in ")]}")
         if ch == "," and depth == 0:
@@ -333,13 +340,16 @@ def split_top_level(s):
 
 def math_equal(prediction, gold):
     """Equal after normalisation, or numerically within MATH_REL_TOL, element by element for tuples."""
-    a, b = normalize_math(prediction), normalize_math(gold)
+    a = normalize_math(prediction)
+    b = normalize_math(gold)
     if a == b:
         return True
-    x, y = to_number(a), to_number(b)
+    x = to_number(a)
+    y = to_number(b)
     if x is not None and y is not None:
         return math.isclose(x, y, rel_tol=MATH_REL_TOL, abs_tol=1e-9)
-    parts_a, parts_b = split_top_level(a), split_top_level(b)
+    parts_a = split_top_level(a)
+    parts_b = split_top_level(b)
     if parts_a and parts_b and len(parts_a) == len(parts_b) > 1 and a[0] + a[-1] == b[0] + b[-1]:
         return all(math_equal(p, q) for p, q in zip(parts_a, parts_b))
     return False
@@ -349,14 +359,23 @@ def math_equal(prediction, gold):
 
 def score(bench, problems, generations, executor=None):
     """{problem id: [correct? per answer]} for {problem id: [answer strings]}; code needs the executor."""
-    items = [(pid, answer) for pid, answers in generations.items() for answer in answers]
+    items = []
+    for pid, answers in generations.items():
+        for answer in answers:
+            items.append((pid, answer))
     if bench in ("math", "gsm8k"):
-        verdicts = [math_equal(extract_math_answer(a, bench), gold_answer(bench, problems[pid]))
-                    for pid, a in items]
+        verdicts = []
+        for pid, answer in items:
+            verdicts.append(math_equal(extract_math_answer(answer, bench), gold_answer(bench, problems[pid])))
     else:
-        make = {"humaneval": humaneval_script, "mbpp": mbpp_script}.get(bench)
-        scripts = [make(problems[pid], a) if make else cruxeval_script(problems[pid], a, bench)
-                   for pid, a in items]
+        scripts = []
+        for pid, answer in items:
+            if bench == "humaneval":
+                scripts.append(humaneval_script(problems[pid], answer))
+            elif bench == "mbpp":
+                scripts.append(mbpp_script(problems[pid], answer))
+            else:
+                scripts.append(cruxeval_script(problems[pid], answer, bench))
         verdicts = run_scripts(scripts, executor)
     scores = {pid: [] for pid in generations}
     for (pid, _), ok in zip(items, verdicts):
@@ -418,7 +437,7 @@ def to_generation(bench, response):
         if not parsed.ok:
             return ""  # a malformed response is a wrong answer (it does not run), never a crash
         # From here the official rule scores it (cruxeval_script), as for a generations file: the
-        # answer text is evaluated, unlike the trainer's value comparison (spec section 4).
+        # answer text is evaluated, unlike the trainer's value comparison (docs/algorithm.md, "Three task types").
         # the payload on its own lines, as the trainer parses it: a trailing comment cannot eat the ")"
         return parsed.payload if bench == "cruxeval-o" else f"f(\n{parsed.payload}\n)"
     if bench in ("humaneval", "mbpp"):
@@ -493,14 +512,11 @@ AZR_SYSTEM = ("A conversation between User and Assistant. The user asks a questi
 
 def run_stdio_calls(executor, calls, desc):
     """Results of run_stdio calls [(program, stdin, timeout_s)] in order, run in parallel, with a progress bar."""
-    results = []
-    chunk = 32 * executor.workers  # run_batch is parallel inside; chunks only feed the progress bar
-    with tqdm(total=len(calls), desc=desc, unit="run") as bar:
-        for start in range(0, len(calls), chunk):
-            batch = [("run_stdio", program, stdin, float(timeout)) for program, stdin, timeout in calls[start:start + chunk]]
-            results.extend(executor.run_batch(batch))
-            bar.update(len(batch))
-    return results
+    from executor import run_batch_with_progress
+    batch = []
+    for program, stdin, timeout in calls:
+        batch.append(("run_stdio", program, stdin, float(timeout)))
+    return run_batch_with_progress(executor, batch, 32 * executor.workers, desc=desc, unit="run")
 
 
 def start_paper_executor(workers=None):
@@ -1188,7 +1204,8 @@ def lcb_prompt(problem):
             "in ```python``` tags.\n\n")
     task += f"Question: {problem['question_content']}\n\n"
     if problem["starter_code"]:
-        task += "You will use the following starter code to write the solution to the problem and enclose your code within delimiters.\n"
+        task += ("You will use the following starter code to write the solution to the problem and enclose your "
+                 "code within delimiters.\n")
         task += f"```python\n{problem['starter_code']}\n```\n\n"
     else:
         task += ("Read the inputs from stdin solve the problem and write the answer to stdout (do not directly "
@@ -1605,11 +1622,13 @@ def parse_args(argv):
     source.add_argument("--model", help="HF checkpoint dir (e.g. a run's checkpoint/) or an embedded model "
                         "(qwen2.5-coder-0.5b-instruct, smollm2-135m)")
     source.add_argument("--generations", help="answers to score: JSON {id: [answers]} or samples JSONL")
-    source.add_argument("--generations-dir", help="--suite: folder of saved answers, <bench>.jsonl or <bench>.json")
+    source.add_argument("--generations-dir",
+                        help="--suite: folder of saved answers, <bench>.jsonl or <bench>.json")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each benchmark")
     p.add_argument("--lcb-start", default=LCB_START, help=f"first LiveCodeBench contest date (default {LCB_START})")
     p.add_argument("--lcb-end", default=LCB_END, help=f"last LiveCodeBench contest date (default {LCB_END})")
-    p.add_argument("--cache-dir", default=CACHE_DIR, help="kept expected outputs and decoded tests (default %(default)s)")
+    p.add_argument("--cache-dir", default=CACHE_DIR,
+                   help="kept expected outputs and decoded tests (default %(default)s)")
     p.add_argument("--n", type=int, default=1, help="answers sampled per problem (pass@5 needs 5)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the paper's setting)")
     p.add_argument("--prompt-format", default="auto", choices=("auto", "chat", "plain"),
@@ -1617,7 +1636,7 @@ def parse_args(argv):
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="response length (default: 1024; the authors' lengths for the paper's sets)")
     p.add_argument("--batch-size", type=int, default=8, help="problems per generate call")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0; default 0)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--workers", type=int, default=None, help="executor processes (default: CPU count)")
     p.add_argument("--out", help="write results JSON here")
@@ -1663,8 +1682,13 @@ def main(argv=None):
             executor.close()
     format_rate = None  # a file of answers has no responses whose format could be judged
     if responses is not None:
-        answers = [response for per_problem in responses.values() for response in per_problem]
-        format_rate = 100.0 * sum(is_well_formed(args.bench, r) for r in answers) / max(1, len(answers))
+        well_formed = 0
+        answers = 0
+        for per_problem in responses.values():
+            for response in per_problem:
+                well_formed += is_well_formed(args.bench, response)
+                answers += 1
+        format_rate = 100.0 * well_formed / max(1, answers)
     results = {"bench": args.bench, "data": data,
                "pass@1": pass_at_k_percent(scores.values(), 1),
                "pass@5": pass_at_k_percent(scores.values(), 5),

@@ -101,27 +101,53 @@ def _banned_import(tree, banned):
     return None
 
 
+def defines_f(tree):
+    """True if the parsed program `tree` defines a function f at top level: every task is about f."""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "f":
+            return True
+    return False
+
+
+def is_call_of_f(node):
+    """True if `node`, parsed from `f(\\n<source>\\n)`, is still one call of the name f. It is not when source
+    closes the parenthesis early (`1), g(2` or `1)(2`), which would smuggle a second expression past it."""
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "f"
+
+
 def _parse(source, banned, mode):
     """(tree, None) for a program ("exec") or an argument list ("args": the Call node of `f(<source>)`)
     that parses and imports nothing banned, else (None, error reply)."""
-    what = "program" if mode == "exec" else "input"
+    if mode == "exec":
+        what = "program"
+        text = source
+        parse_mode = "exec"
+    else:
+        what = "input"
+        text = f"f(\n{source}\n)"  # newlines: a trailing comment in source cannot swallow the ")"
+        parse_mode = "eval"
     try:
-        tree = ast.parse(source if mode == "exec" else f"f(\n{source}\n)", mode="exec" if mode == "exec" else "eval")
+        tree = ast.parse(text, mode=parse_mode)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
         return None, {"status": "syntax", "message": f"{what} does not parse: {e}"}
-    if mode == "args":  # `1), g(2` would otherwise smuggle a second expression past the parentheses
+    if mode == "args":
         tree = tree.body
-        if not (isinstance(tree, ast.Call) and getattr(tree.func, "id", None) == "f"):
+        if not is_call_of_f(tree):
             return None, {"status": "syntax", "message": "input is not an argument list"}
     bad = _banned_import(tree, banned)
-    return (None, {"status": "banned", "message": f"{what} imports banned module {bad}"}) if bad else (tree, None)
+    if bad:
+        return None, {"status": "banned", "message": f"{what} imports banned module {bad}"}
+    return tree, None
 
 
 def _is_data(node, classes):
     """True if evaluating `node` runs no code its author wrote: literals, containers, arithmetic,
     SAFE_CALLS/SAFE_NAMES and the program's own top-level classes (the proposer's code, not the solver's)."""
     if isinstance(node, ast.Call):
-        if getattr(node.func, "id", None) not in {*SAFE_CALLS, *classes} or any(k.arg is None for k in node.keywords):
+        name = getattr(node.func, "id", None)
+        if name not in SAFE_CALLS and name not in classes:
+            return False
+        if any(k.arg is None for k in node.keywords):  # `**x`
             return False
         children = node.args + [k.value for k in node.keywords]
     elif isinstance(node, ast.Name):
@@ -162,14 +188,19 @@ def _build(node):
         if isinstance(node, ast.Dict) and None not in node.keys:
             return {_build(k): _build(v) for k, v in zip(node.keys, node.values)}
         if type(getattr(node, "op", None)) in SIGNS:  # -1, +2.5, complex (1+2j)
-            operands = list(map(_build, [node.operand] if isinstance(node, ast.UnaryOp) else [node.left, node.right]))
+            if isinstance(node, ast.UnaryOp):
+                operands = [_build(node.operand)]
+            else:
+                operands = [_build(node.left), _build(node.right)]
             if all(type(v) in (int, float, complex) for v in operands):
                 return SIGNS[type(node.op)](*operands)
         if isinstance(node, ast.Name) and node.id in SAFE_NAMES:
             return SAFE_NAMES[node.id]
         if (isinstance(node, ast.Call) and getattr(node.func, "id", None) in SAFE_CALLS
                 and not any(isinstance(a, ast.Starred) for a in node.args) and all(k.arg for k in node.keywords)):
-            return SAFE_CALLS[node.func.id](*map(_build, node.args), **{k.arg: _build(k.value) for k in node.keywords})
+            args = [_build(a) for a in node.args]
+            kwargs = {k.arg: _build(k.value) for k in node.keywords}
+            return SAFE_CALLS[node.func.id](*args, **kwargs)
     except (TypeError, ValueError, OverflowError, RecursionError, MemoryError):
         pass  # e.g. {[1]}: unhashable; compared as text below
     return Opaque(ast.unparse(node))
@@ -239,9 +270,17 @@ def _encode(value):
         return ["complex", repr(value.real), repr(value.imag)]
     if kind not in _ENCODED_CONTAINERS:
         return ["opaque", repr(value)]
-    items = value.items() if isinstance(value, dict) else [(v,) for v in value]
-    enc = [_ENCODED_CONTAINERS[kind], [_encode(x) for item in items for x in item]]
-    return enc + [value.maxlen] if kind is deque else enc
+    encoded_items = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            encoded_items.append(_encode(key))
+            encoded_items.append(_encode(item))
+    else:
+        for item in list(value):  # a copy: an element's model-written __repr__ may change the container
+            encoded_items.append(_encode(item))
+    if kind is deque:
+        return [_ENCODED_CONTAINERS[kind], encoded_items, value.maxlen]
+    return [_ENCODED_CONTAINERS[kind], encoded_items]
 
 
 def _child_run(job):
@@ -299,9 +338,10 @@ def _child_main(cfg, features, workdir, job_r, out_w, res_w):
 
 
 def _child_stdio(job):
-    """run_stdio in the sandboxed child: the program runs as __main__ with fd 0 reading job["stdin"] and fd 1 writing
-    a file (both in the private scratch directory), so input(), sys.stdin.buffer, open(0) and os.write(1, ...) all
-    behave as in a shell; the whole stdout comes back. SystemExit is a normal end (judges read the output either way)."""
+    """run_stdio in the sandboxed child: the program runs as __main__ with fd 0 reading job["stdin"] and fd 1
+    writing a file (both in the private scratch directory), so input(), sys.stdin.buffer, open(0) and
+    os.write(1, ...) all behave as in a shell; the whole stdout comes back. SystemExit is a normal end (judges
+    read the output either way)."""
     with open("stdin", "w", encoding="utf-8") as fh:
         fh.write(job["stdin"])
     sys.stdout.flush()
@@ -332,16 +372,31 @@ def _child_stdio(job):
 # The sandbox: Linux namespaces, rlimits and privilege drop, via libc (ctypes is banned for programs,
 # not for the executor; Python 3.11 has no os.unshare/os.setns).
 
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 0x1000, 0x4000, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+# unshare(2) flags
+CLONE_NEWNS = 0x20000
+CLONE_NEWIPC = 0x8000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+# mount(2) flags
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+# prctl(2) options
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
 SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")  # world-writable on most systems
 # Imported once in the forker, so children get them for free (and even where the uid can't read them).
 PRELOADED = ("heapq", "bisect", "itertools", "functools", "operator", "re", "string", "math", "cmath",
              "fractions", "decimal", "statistics", "copy", "typing", "enum", "numbers", "array",
              "textwrap", "unicodedata", "struct", "json", "dataclasses", "collections.abc")
 SETUP_FAILED = 113  # child exit code: the sandbox could not be entered, no user code ran
-MAX_REPLY_BYTES, KEPT_OUTPUT_BYTES = 8 << 20, 2000  # a child's reply; what is kept of its stdout/stderr
+MAX_REPLY_BYTES = 8 << 20  # the most a child's reply may be
+KEPT_OUTPUT_BYTES = 2000  # what is kept of a child's stdout/stderr
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -364,8 +419,10 @@ def _enter_sandbox(cfg, features, uid, workdir, job_r, out_w, res_w):
     if features["mount_ns"]:
         _sys("unshare", CLONE_NEWNS | CLONE_NEWIPC)
         _mount(None, "/", None, MS_REC | MS_PRIVATE)  # our mounts must not propagate to the host
-        for d in [d for d in SCRATCH_DIRS if os.path.isdir(d) and not os.path.islink(d)]:
-            _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['file_mb']}m,nr_inodes=4096,mode=1777")
+        tmpfs_options = f"size={cfg['file_mb']}m,nr_inodes=4096,mode=1777"
+        for d in SCRATCH_DIRS:
+            if os.path.isdir(d) and not os.path.islink(d):
+                _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs_options)
         if features["pid_ns"]:  # a /proc that shows only this namespace's processes
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.chdir(workdir)
@@ -681,16 +738,34 @@ def _send(fd, obj):
     _write_all(fd, struct.pack(">I", len(data)) + data)
 
 
+def _has_argument_types(op, args):
+    """True if `op` is a known op and `args` has the types OPS lists for it."""
+    if op not in OPS or len(args) != len(OPS[op]):
+        return False
+    for arg, types in zip(args, OPS[op]):
+        if not isinstance(arg, types):
+            return False
+    return True
+
+
+def _is_text_pair(pair):
+    """True for [input text, output text]: exactly two str (JSON turns the caller's tuples into lists)."""
+    if not isinstance(pair, list) or len(pair) != 2:
+        return False
+    return type(pair[0]) is str and type(pair[1]) is str
+
+
 def _call_error(op, args):
     """Error reply if the call's op or argument types are wrong, else None."""
-    if op not in OPS or len(args) != len(OPS[op]) or not all(map(isinstance, args, OPS[op])):
-        return {"status": "error", "message": f"bad call {op!r} with arguments {[type(a).__name__ for a in args]}"}
+    if not _has_argument_types(op, args):
+        type_names = [type(a).__name__ for a in args]
+        return {"status": "error", "message": f"bad call {op!r} with arguments {type_names}"}
     if op != "check_program":
         return None
     pairs = args[1]
-    if not pairs or not all(isinstance(p, list) and list(map(type, p)) == [str, str] for p in pairs):
-        return {"status": "error", "message": "check_program needs a non-empty list of (input, output)"}
-    return None
+    if pairs and all(_is_text_pair(pair) for pair in pairs):
+        return None
+    return {"status": "error", "message": "check_program needs a non-empty list of (input, output)"}
 
 
 def _inputs_of(op, args):
@@ -719,7 +794,9 @@ def _static_error(op, program, inputs, banned):
     tree, error = _parse(program, banned, "exec")
     if error:
         return error
-    if op != "run_script" and not any(isinstance(n, ast.FunctionDef) and n.name == "f" for n in tree.body):
+    # buffers.py checks the same shapes (defines_f, is_call_of_f) earlier, as format checks of a response with
+    # their own reasons; these checks are the ones that hold for every call, whoever sends it.
+    if op != "run_script" and not defines_f(tree):
         return {"status": "syntax", "message": "program defines no top-level function f"}
     classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
     for source in inputs:
@@ -877,7 +954,10 @@ def _sandboxed(job, cfg, features, forker):
         os.close(out_r)
     if timed_out:
         return {"status": "timeout", "message": f"wall clock {cfg['timeout_s']} s"}
-    return _parsed_reply(reply) or _death(status, output)
+    parsed = _parsed_reply(reply)
+    if parsed:
+        return parsed
+    return _death(status, output)
 
 
 def _handle(op, args, cfg, features, forker):
@@ -953,7 +1033,8 @@ class Executor:
         RLIMIT_NPROC per sandbox uid; sandbox_uid: when root, worker i of torchrun's local rank r runs programs as
         uid sandbox_uid - r * workers - i (one uid per worker on the node, so one worker's cleanup and process
         limit never touch another's); namespaces=False skips Linux namespaces, as on systems that forbid them."""
-        self.workers, self.timeout_s = workers or len(os.sched_getaffinity(0)), timeout_s
+        self.workers = workers or len(os.sched_getaffinity(0))
+        self.timeout_s = timeout_s
         self.sandbox = {}  # the isolation the OS granted: root, net_ns, pid_ns, mount_ns (all bool)
         self._config = {"timeout_s": timeout_s, "memory_mb": memory_mb, "banned": list(banned_modules),
                         "max_output_chars": max_output_chars, "file_mb": file_mb, "max_processes": max_processes,
@@ -997,37 +1078,51 @@ class Executor:
         """Results of `calls` [(op, *args)] in order, run in parallel across the workers; never raises for bad input."""
         pending = deque(enumerate(calls))
         results = [None] * len(pending)
-        idle, busy = list(range(len(self._procs))), {}  # busy: worker -> (call index, deadline)
+        idle = list(range(len(self._procs)))
+        busy = {}  # worker -> (call index, deadline)
         with selectors.DefaultSelector() as selector:
             while pending or busy:
                 while pending and idle:
-                    worker, (i, call) = idle.pop(), pending.popleft()
+                    worker = idle.pop()
+                    i, call = pending.popleft()
                     try:
                         _send(self._procs[worker].stdin.fileno(), [call[0], call[1:]])  # the worker checks types
                     except (TypeError, IndexError, ValueError) as e:
                         results[i] = Result("error", message=f"malformed call: {e!r}")
+                        idle.append(worker)
                     except OSError:  # the worker died while idle: replace it and retry the call
                         self._replace(worker)
                         pending.appendleft((i, call))
+                        idle.append(worker)
                     else:
                         busy[worker] = (i, time.monotonic() + self.timeout_s + GRACE_S)
                         selector.register(self._procs[worker].stdout.fileno(), selectors.EVENT_READ, worker)
-                        continue
-                    idle.append(worker)
-                wait = min((deadline for _, deadline in busy.values()), default=0) - time.monotonic()
+                deadlines = [deadline for _, deadline in busy.values()]
+                wait = min(deadlines, default=0) - time.monotonic()
                 ready = [key.data for key, _ in selector.select(max(wait, 0))]
-                for worker in [w for w in busy if w in ready or time.monotonic() > busy[w][1]]:
+                finished = [w for w in busy if w in ready or time.monotonic() > busy[w][1]]
+                for worker in finished:
                     i, _ = busy.pop(worker)
                     selector.unregister(self._procs[worker].stdout.fileno())
                     idle.append(worker)
-                    if worker in ready:  # an answer, unless the worker crashed
-                        with contextlib.suppress(EOFError, OSError, ValueError, TypeError):
-                            results[i] = Result(**_read_message(self._procs[worker].stdout.fileno()))
-                            continue
-                    results[i] = (Result("error", message="sandbox worker crashed") if worker in ready
-                                  else Result("timeout", message="sandbox worker did not answer"))
-                    self._replace(worker)
+                    if worker not in ready:
+                        results[i] = Result("timeout", message="sandbox worker did not answer")
+                        self._replace(worker)
+                        continue
+                    result = self._read_result(worker)
+                    if result is None:
+                        results[i] = Result("error", message="sandbox worker crashed")
+                        self._replace(worker)
+                    else:
+                        results[i] = result
         return results
+
+    def _read_result(self, worker):
+        """The Result `worker` answered, or None if it crashed instead (its pipe closed or carried garbage)."""
+        try:
+            return Result(**_read_message(self._procs[worker].stdout.fileno()))
+        except (EOFError, OSError, ValueError, TypeError):
+            return None
 
     def validate(self, program, input):  # the paper's task validation; .output = repr(f(input)) when ok
         return self.run_batch([("validate", program, input)])[0]
@@ -1066,3 +1161,16 @@ class Executor:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def run_batch_with_progress(executor, calls, chunk, desc, unit="prog", leave=True):
+    """executor.run_batch(calls) behind a progress bar. run_batch is parallel inside; the calls go in chunks of
+    `chunk` only so that the bar moves."""
+    from tqdm import tqdm  # imported here: workers load this file with `python -S`, which has no site-packages
+    results = []
+    with tqdm(total=len(calls), desc=desc, unit=unit, leave=leave) as bar:
+        for start in range(0, len(calls), chunk):
+            batch = calls[start:start + chunk]
+            results.extend(executor.run_batch(batch))
+            bar.update(len(batch))
+    return results

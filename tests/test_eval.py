@@ -15,7 +15,7 @@ import eval as ev
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
 CRUX = os.path.join(REPO, "data", "cruxeval-50.jsonl")
-needs_crux = pytest.mark.skipif(not os.path.isfile(CRUX), reason="../shared/data/cruxeval-50.jsonl is absent")
+needs_crux = pytest.mark.skipif(not os.path.isfile(CRUX), reason="data/cruxeval-50.jsonl is absent")
 
 
 def run_eval(tmp_path, bench, data, generations, *extra):
