@@ -397,12 +397,6 @@ def test_embedded_perplexity_matches_transformers_gguf_loading():
     assert abs(ppl / hf_ppl - 1) < 0.01, (ppl, hf_ppl)
     assert set(M.default_stop_ids(tokenizer)) == {tokenizer.convert_tokens_to_ids("<|im_end|>"),
                                                   tokenizer.convert_tokens_to_ids("<|endoftext|>")}
-    with pytest.raises(ValueError, match="unsupported architecture 'GPT2LMHeadModel'"):
-        M.ModelConfig.from_hf({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
-    base = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "intermediate_size": 96, "vocab_size": 96,
-            "num_hidden_layers": 2, "num_attention_heads": 4}
-    with pytest.raises(ValueError, match="rope type 'yarn'"):
-        M.ModelConfig.from_hf(base | {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
 
 
 QWEN = "qwen2.5-coder-0.5b-instruct"
