@@ -407,6 +407,15 @@ def _fences(answer: str, tag: str) -> list[str]:
     return [textwrap.dedent(body).strip() for t, body in _FENCE.findall(answer) if t == tag]
 
 
+def _answer_start(text: str):
+    """The match of the `</think><answer>` that makes `text` (already prefixed with <think>) well formed,
+    or None when the thinking is not closed or no `</answer>` follows."""
+    first = _THINK_THEN_ANSWER.search(text)
+    if first is None or "</answer>" not in text[first.end():]:
+        return None
+    return first
+
+
 def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
     """Parse a response that continues the prompt's "Assistant: <think>".
 
@@ -416,16 +425,15 @@ def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
     of one kind appears several times, the last one counts (a model may draft, then correct).
     """
     text = "<think>" + text
-    first = _THINK_THEN_ANSWER.search(text)
-    if first is None or "</answer>" not in text[first.end():]:
+    first = _answer_start(text)
+    if first is None:
         return Parsed(False, "no_think" if "</think>" not in text else "no_answer")
     return _parse_answer(text, first, task_type, role)
 
 
 def is_well_formed(text: str) -> bool:
     """The response (continuing the prompt's <think>) closes its thinking, then answers in <answer> tags."""
-    first = _THINK_THEN_ANSWER.search("<think>" + text)
-    return first is not None and "</answer>" in ("<think>" + text)[first.end():]
+    return _answer_start("<think>" + text) is not None
 
 
 def _parse_answer(text: str, first, task_type: str, role: str) -> Parsed:
