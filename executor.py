@@ -523,23 +523,40 @@ def _probe(cfg):
     raise RuntimeError("cannot start a sandbox: a trial child could not enter it")
 
 
+def _kill_uid(uid, deadline):
+    """SIGKILL every process of `uid`: kill(-1) from a helper running as that uid, so forks cannot outrun it.
+    Returns only once the helper is gone: a helper still alive could hit the next call's child, which runs as
+    the same uid. A program of that uid can stop the helper, so past `deadline` the helper is killed."""
+    helper = os.fork()
+    if helper == 0:
+        with contextlib.suppress(BaseException):
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)
+        os._exit(0)
+    helper_fd = os.pidfd_open(helper)
+    helper_exited = select.select([helper_fd], [], [], max(deadline - time.monotonic(), 0))[0]
+    os.close(helper_fd)
+    if not helper_exited:
+        os.kill(helper, signal.SIGKILL)
+    os.waitpid(helper, 0)
+
+
 def _reap(kill_uid=None):
     """Reap the orphans the forker inherited as subreaper (until reaped they count against RLIMIT_NPROC). With
-    kill_uid (no PID namespace took them down), first SIGKILL every process of that uid (kill(-1) from a helper
-    with that uid: forks cannot outrun it), until the forker has no children left: all the program started."""
+    kill_uid (no PID namespace took them down), first SIGKILL every process of that uid, and repeat until the
+    forker has no children left: all the program started is gone."""
     deadline = time.monotonic() + 5
-    with contextlib.suppress(ChildProcessError):  # raised once the forker has no children left
-        while True:
-            if kill_uid is not None and os.fork() == 0:
-                with contextlib.suppress(BaseException):
-                    os.setresuid(kill_uid, kill_uid, kill_uid)
-                    os.kill(-1, signal.SIGKILL)
-                os._exit(0)
+    while True:
+        if kill_uid is not None:
+            _kill_uid(kill_uid, deadline)
+        try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
-            if kill_uid is None or time.monotonic() > deadline:
-                return
-            time.sleep(0.005)
+        except ChildProcessError:  # no children left
+            return
+        if kill_uid is None or time.monotonic() > deadline:
+            return
+        time.sleep(0.001)  # killed processes take a moment to become reapable
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -472,3 +472,11 @@ def test_without_namespaces(sentinel):
         assert len(work_dirs(ex)) <= ex.workers  # those of the children waiting for the next call
         assert_unaffected(ex, sentinel)
     assert work_dirs(ex) == []
+
+
+def test_without_namespaces_many_quick_calls():
+    """Without a PID namespace the forker kills a call's leftovers by uid; that cleanup must be over before the
+    next call's child (same uid) starts. A cleanup helper that outlived it once killed that child (signal 9)."""
+    with Executor(workers=1, timeout_s=TIMEOUT_S, namespaces=False, sandbox_uid=63500) as ex:
+        results = ex.run_batch([("check_output", "def f(a):\n    return a + 1", str(i), str(i + 1)) for i in range(40)])
+    assert [r.status for r in results] == ["ok"] * 40
