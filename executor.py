@@ -413,12 +413,12 @@ def _mount(source, target, fstype, flags, data=None):
 def _enter_sandbox(cfg, features, uid, workdir, job_r, out_w, res_w):
     """In the forked child, before any model-written code: isolate, limit, drop privileges."""
     os.setsid()
-    if features["memory_cgroup"]:
-        with open(f"{features['memory_cgroup']}/cgroup.procs", "w") as fh:
-            fh.write("0")  # this process; its children follow
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as fh:
+        fh.write("1000")  # an out-of-memory kill takes this call's processes, not the forker
     if features["mount_ns"]:
+        # A copy of the forker's mount namespace, where every mount is already private (see _probe): our
+        # mounts cannot propagate to the host.
         _sys("unshare", CLONE_NEWNS | CLONE_NEWIPC)
-        _mount(None, "/", None, MS_REC | MS_PRIVATE)  # our mounts must not propagate to the host
         tmpfs_options = f"size={cfg['file_mb']}m,nr_inodes=4096,mode=1777"
         for d in SCRATCH_DIRS:
             if os.path.isdir(d) and not os.path.islink(d):
@@ -448,14 +448,19 @@ def _enter_sandbox(cfg, features, uid, workdir, job_r, out_w, res_w):
     sys.setrecursionlimit(1000)
 
 
+def _private_mounts():
+    """A mount namespace of the forker's own in which every mount is private, so that nothing mounted here
+    or in a child's copy of it reaches the host."""
+    _sys("unshare", CLONE_NEWNS)
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+
+
 def _unhide_python():
     """Let the sandbox uid import the standard library and site-packages even when Python lives under a
-    0700 directory (pyenv in /root): in the worker's own mount namespace, cover each such directory with
+    0700 directory (pyenv in /root): in the forker's private mount namespace, cover each such directory with
     an empty tmpfs and bind-mount back only the entries on Python's paths. Nothing else there is visible."""
     if os.geteuid() != 0:
         return
-    _sys("unshare", CLONE_NEWNS)
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
     blocked = {}  # closed directory -> names inside it that Python needs
     for path in {os.path.realpath(p) for p in sys.path + [sys.prefix, sys.exec_prefix] if p}:
         parts = path.strip("/").split("/")
@@ -478,7 +483,9 @@ def _unhide_python():
 def _memory_cgroup(memory_mb):
     """A memory cgroup below the worker's own (v1, or v2 where delegated) capping each call's processes
     together at memory_mb: RLIMIT_AS is per process, so 64 forked children could otherwise take 64 times
-    that. Path, or None where not permitted."""
+    that. The forker moves into it, so each child is born inside: moving a process between cgroups blocks
+    every fork on the machine for a moment (the kernel waits out an RCU grace period), too slow for every
+    call. What the forker had allocated stays charged where it was. Path, or None where not permitted."""
     with open("/proc/self/cgroup") as fh:
         entries = [line.rstrip("\n").split(":", 2) for line in fh]
     candidates = [(f"/sys/fs/cgroup/memory{rel.rstrip('/')}", "memory.limit_in_bytes")  # v1 memory first
@@ -496,26 +503,44 @@ def _memory_cgroup(memory_mb):
             if os.path.exists(f"{path}/cgroup.procs"):  # a real cgroup, not a directory in a tmpfs
                 with open(f"{path}/{limit}", "w") as fh:
                     fh.write(str(memory_mb << 20))
+                with open(f"{path}/cgroup.procs", "w") as fh:
+                    fh.write("0")  # the forker itself; its children follow
+                with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as fh:
+                    fh.write("-1000")  # where permitted, the cgroup's out-of-memory kills spare the forker
                 return path
         with contextlib.suppress(OSError):
             os.rmdir(path)
 
 
+def _remove_memory_cgroup(path):
+    """Move the forker back to the worker's cgroup (a cgroup with a process in it cannot be removed), then
+    remove the forker's."""
+    with contextlib.suppress(OSError):
+        with open(f"{os.path.dirname(path)}/cgroup.procs", "w") as fh:
+            fh.write("0")
+        os.rmdir(path)
+
+
 def _probe(cfg):
     """Which isolation features this OS grants the forker; a trial child proves the full setup works."""
-    features = {"root": os.geteuid() == 0, "net_ns": False, "pid_ns": False, "mount_ns": False,
+    features = {"root": os.geteuid() == 0, "private_mounts": False, "unhide": False, "net_ns": False,
+                "pid_ns": False, "mount_ns": False,
                 "memory_cgroup": _memory_cgroup(cfg["memory_mb"]) if cfg["namespaces"] else None,
                 "pidns_fd": os.open("/proc/self/ns/pid", os.O_RDONLY)}
-    steps = [("unhide", _unhide_python),  # without it, only preloaded or world-readable modules import
+    steps = [("private_mounts", _private_mounts),
+             ("unhide", _unhide_python),  # without it, only preloaded or world-readable modules import
              ("net_ns", lambda: _sys("unshare", CLONE_NEWNET)),  # forker and children: loopback only, down
              ("pid_ns", lambda: _sys("unshare", CLONE_NEWPID))]
     if not cfg["namespaces"]:
         steps = []
     for name, step in steps:
+        if name == "unhide" and not features["private_mounts"]:
+            continue  # its mounts would land in the host's namespace
         with contextlib.suppress(OSError):
             step()
             features[name] = True
-    mount_ns_choices = (True, False) if cfg["namespaces"] else (False,)
+    # Children copy the forker's mount namespace: only a private one keeps their mounts off the host.
+    mount_ns_choices = (True, False) if features["private_mounts"] else (False,)
     for mount_ns in mount_ns_choices:
         features["mount_ns"] = mount_ns
         if _sandbox_works(cfg, features):
@@ -593,7 +618,9 @@ def _kill_and_reap(pid, cfg, features):
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     status = os.waitpid(pid, 0)[1]
-    if features["root"] and not features["pid_ns"]:
+    if features["pid_ns"]:
+        return status  # nothing escapes a PID namespace, so no orphan of it comes back to us
+    if features["root"]:
         _reap(cfg["uid"])  # what left the process group too
     else:
         _reap()
@@ -624,9 +651,10 @@ def _sandbox_works(cfg, features):
     return status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
-def _start_child(commands, cfg, features, workdir):
-    """Fork the call's child with three fresh pipes and send the worker the other ends (job in, reply and output
-    out), or why there is no child; the child's pid, or -1."""
+def _start_child(commands, cfg, features):
+    """Fork a call's child with its work directory and three fresh pipes, and send the worker the other ends (job
+    in, reply and output out), or why there is no child; (pid or -1, work directory)."""
+    workdir = _make_workdir(cfg, features)
     job_r, job_w = os.pipe()
     res_r, res_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -645,7 +673,20 @@ def _start_child(commands, cfg, features, workdir):
         socket.send_fds(commands, [json.dumps(message).encode()], [job_w, res_r, out_r] if pid > 0 else [])
     for fd in (job_r, job_w, res_r, res_w, out_r, out_w):
         os.close(fd)
-    return pid
+    return pid, workdir
+
+
+def _end_child(child, cfg, features):
+    """Kill and reap a child and everything it started, remove its work directory; its wait status (None if
+    there was no child)."""
+    pid, workdir = child
+    status = None
+    try:
+        if pid > 0:
+            status = _kill_and_reap(pid, cfg, features)
+    finally:
+        _remove_workdir(workdir)
+    return status
 
 
 def _next_command(commands):
@@ -657,27 +698,31 @@ def _next_command(commands):
         return b""
 
 
-def _serve_one_call(commands, cfg, features):
-    """Fork the next call's child before the call comes (fork and sandbox setup are off the call's path) and
-    hand the worker its pipes; at the worker's next command, kill and reap the child and everything it started
-    (and answer "status" with its wait status). False once the worker has gone."""
-    workdir = _make_workdir(cfg, features)
-    status = None
-    try:
-        pid = _start_child(commands, cfg, features, workdir)
+def _serve_calls(commands, cfg, features):
+    """Hand the worker a child for each call before the call comes (fork and sandbox setup are off the call's
+    path); at the worker's command after the call, kill and reap that child and everything it started (and
+    answer "status" with its wait status). With a PID namespace per child, the next child is forked while the
+    current one runs, so ending one call overlaps the next. Without, the cleanup kills every process of the
+    sandbox uid, which a waiting child shares, so the next child is forked only after it. Returns once the
+    worker has gone."""
+    fork_ahead = features["pid_ns"]
+    current = _start_child(commands, cfg, features)
+    while True:
+        upcoming = None
+        if fork_ahead:
+            upcoming = _start_child(commands, cfg, features)
         command = _next_command(commands)
-        if pid > 0 and not command:  # closing: the child never got a job, so it started nothing
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        elif pid > 0:
-            status = _kill_and_reap(pid, cfg, features)
-    finally:
-        _remove_workdir(workdir)  # before any answer: once the worker has one, the call is over
-    if not command:
-        return False
-    if command == b"status":
-        commands.send(json.dumps({"status": status}).encode())
-    return True
+        status = _end_child(current, cfg, features)  # before any answer: once the worker has one, the call is over
+        if not command:
+            if upcoming:
+                _end_child(upcoming, cfg, features)
+            return
+        if command == b"status":
+            commands.send(json.dumps({"status": status}).encode())
+        if fork_ahead:
+            current = upcoming
+        else:
+            current = _start_child(commands, cfg, features)
 
 
 def _forker_main(commands, cfg):
@@ -689,11 +734,9 @@ def _forker_main(commands, cfg):
     features = _probe(cfg)
     granted = {name: bool(features[name]) for name in ("root", "net_ns", "pid_ns", "mount_ns", "memory_cgroup")}
     commands.send(json.dumps(granted).encode())
-    worker_is_there = True
-    while worker_is_there:
-        worker_is_there = _serve_one_call(commands, cfg, features)
-    with contextlib.suppress(OSError, TypeError):
-        os.rmdir(features["memory_cgroup"])
+    _serve_calls(commands, cfg, features)
+    if features["memory_cgroup"]:
+        _remove_memory_cgroup(features["memory_cgroup"])
 
 
 def _start_forker(cfg, worker_fds):
@@ -879,12 +922,40 @@ def _verdict(op, reply, expected, max_chars):
     return {"status": "ok", "output": output, "message": ""}
 
 
-def _from_forker(forker):
-    """The forker's next message (dict) and the descriptors that came with it."""
-    message, fds, _, _ = socket.recv_fds(forker, 1024, 3)
-    if not message:
-        raise EOFError("the forker is gone")
-    return json.loads(message), fds
+class ForkerLink:
+    """The worker's end of the socket to the forker. The forker announces each child (its pid and pipes) ahead
+    of the call that takes it, so an announcement can arrive before the answer to "status"; it then waits in
+    `ahead` for the next call."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.ahead = deque()
+
+    def _receive(self):
+        """The forker's next message (dict) and the descriptors that came with it."""
+        message, fds, _, _ = socket.recv_fds(self.sock, 1024, 3)
+        if not message:
+            raise EOFError("the forker is gone")
+        return json.loads(message), fds
+
+    def next_child(self):
+        """({"pid": pid}, [job_w, res_r, out_r]) for the next call, or ({"error": why}, [])."""
+        if self.ahead:
+            return self.ahead.popleft()
+        return self._receive()
+
+    def end_call(self):
+        """The call is over: the forker kills and reaps its child meanwhile."""
+        self.sock.send(b"done")
+
+    def end_call_and_wait(self):
+        """The call is over: the child's wait status, once the forker has killed and reaped all it started."""
+        self.sock.send(b"status")
+        while True:
+            message, fds = self._receive()
+            if "status" in message:
+                return message["status"]
+            self.ahead.append((message, fds))
 
 
 def _collect(pidfd, res_r, out_r, timeout_s):
@@ -943,9 +1014,9 @@ def _death(status, output):
 
 def _sandboxed(job, cfg, features, forker):
     """Run `job` in the child the forker has ready, within the wall clock; the child's reply dict."""
-    started, fds = _from_forker(forker)
+    started, fds = forker.next_child()
     if "error" in started:
-        forker.send(b"done")
+        forker.end_call()
         return {"status": "error", "message": started["error"]}
     job_w, res_r, out_r = fds
     pidfd = os.pidfd_open(started["pid"])  # readable once the child exits, whoever holds its pipes
@@ -960,10 +1031,9 @@ def _sandboxed(job, cfg, features, forker):
             _read_rest(res_r, reply)
             parsed = _parsed_reply(reply)
             if parsed:
-                forker.send(b"done")
+                forker.end_call()
                 return parsed
-        forker.send(b"status")
-        status = _from_forker(forker)[0]["status"]  # the forker has killed and reaped all the child started
+        status = forker.end_call_and_wait()
         _read_rest(res_r, reply)
     finally:
         os.close(pidfd)
@@ -1016,15 +1086,16 @@ def _worker_main(config_json):
     _sys("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)  # a program running as our uid (no root) cannot read our memory
     features = json.loads(granted)  # what the OS granted the sandbox: root, net_ns, pid_ns, ... (bools)
     _send(replies, features)
+    link = ForkerLink(forker)
     while True:
         try:
             op, args = _read_message(requests)
-        except EOFError:  # the trainer closed us: the forker cleans up (child, work dir, cgroup), then we exit
+        except EOFError:  # the trainer closed us: the forker cleans up (children, work dirs, cgroup), then we exit
             forker.close()
             os.waitpid(forker_pid, 0)
             os._exit(0)
         try:
-            reply = _handle(op, args, cfg, features, forker)
+            reply = _handle(op, args, cfg, features, link)
         except EOFError:  # the forker is gone: the trainer replaces this worker
             os._exit(1)
         except Exception as e:  # noqa: BLE001 - a worker bug must cost one call, not the batch
