@@ -852,18 +852,33 @@ def mbpp_oracle(entry, args, out, expected, exact, atol):
     return exact
 
 
+def same_text_is_a_pass(bench, entry, out_text, expected_text):
+    """True where an output whose repr is the expected one's passes without rebuilding either value: not with
+    nan (nan != nan), and not for the oracles that judge more than equality (find_zero checks the root; the
+    set oracles fail unhashable items)."""
+    if out_text != expected_text or "nan" in out_text:
+        return False
+    if bench == "humaneval+":
+        return entry != "find_zero"
+    return entry not in MBPP_OUTPUT_SET_EQ
+
+
 def evalplus_passed(bench, problem, inputs, expected, outputs):
     """EvalPlus' verdict on one run: an output for every input, each equal to the expected one (or within atol
-    for floats, or accepted by a special oracle). Values are rebuilt from reprs without running anything."""
+    for floats, or accepted by a special oracle). Values are rebuilt from reprs without running anything, and
+    only where the texts differ: rebuilding 41,000 values costs more than the rest of scoring MBPP+."""
     from executor import value_of
     if len(outputs) != len(expected):
         return False
     entry = problem["entry_point"]
     atol = problem["atol"]
-    for args, out_text, expected_text in zip(inputs, outputs, expected):
+    floats_seen = 0  # expected outputs before this index already looked at for the float tolerance
+    for index, (args, out_text, expected_text) in enumerate(zip(inputs, outputs, expected)):
         if isinstance(out_text, dict) or isinstance(expected_text, dict):
             if out_text != expected_text:  # a long output: its repr must be the same text
                 return False
+            continue
+        if same_text_is_a_pass(bench, entry, out_text, expected_text):
             continue
         out = value_of(out_text)
         if bench == "humaneval+" and entry == "find_zero":  # any root passes, not only the reference's
@@ -873,12 +888,18 @@ def evalplus_passed(bench, problem, inputs, expected, outputs):
             except Exception:  # noqa: BLE001 - a non-number is not a root
                 return False
             continue
+        # As EvalPlus: once an expected output is floats, atol is at least 1e-6 for this problem's later inputs.
+        while atol == 0 and floats_seen < index:
+            earlier = expected[floats_seen]
+            if not isinstance(earlier, dict) and is_floats(value_of(earlier)):
+                atol = 1e-6
+            floats_seen += 1
         want = value_of(expected_text)
         exact = equal_or_false(out, want)
         if bench == "mbpp+":
             exact = mbpp_oracle(entry, args, out, want, exact, atol)
         if atol == 0 and is_floats(want):
-            atol = 1e-6  # as EvalPlus: once set, it stays for this problem's later inputs
+            atol = 1e-6
         if exact:
             continue
         if atol == 0 or not allclose(out, want, atol):
