@@ -137,6 +137,23 @@ def test_mbpp_plus_all_reference_solutions_pass(tmp_path, monkeypatch):
     assert trivial_result["base pass@1"] < 5.0
 
 
+@pytest.mark.parametrize("expected, outputs, passed", [
+    (["1.5", "[1, 2]"], ["1.5", "[1, 2]"], True),  # every text the expected one: no value rebuilt
+    (["1.5", "[1, 2]"], ["1.5", "[1.0000001, 2]"], True),  # the tolerance the first float output switched on
+    (["1", "[1, 2]"], ["1", "[1.0000001, 2]"], False),  # no float output before: exact equality
+    (["1.5", "[1, 2]"], ["1.5", "[1.1, 2]"], False),
+])
+def test_evalplus_verdict_without_rebuilding_same_texts(expected, outputs, passed):
+    problem = {"entry_point": "g", "atol": 0}
+    assert ev.evalplus_passed("mbpp+", problem, [[0], [0]], expected, outputs) is passed
+
+
+def test_evalplus_same_nan_text_is_not_a_pass():
+    problem = {"entry_point": "g", "atol": 0}
+    assert ev.evalplus_passed("mbpp+", problem, [[0]], ["nan"], ["nan"]) is False
+    assert ev.evalplus_passed("mbpp+", problem, [[0]], ["[1, 2]"], ["[1, 2]"]) is True
+
+
 def test_mbpp_input_shapes_reach_the_function(tmp_path):
     """MBPP+ inputs are JSON lists; the driver rebuilds the tuples EvalPlus passes (Mbpp/2: two tuples)."""
     problem = {"task_id": "Mbpp/2", "prompt": "", "entry_point": "similar_elements", "atol": 0,
