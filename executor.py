@@ -219,21 +219,30 @@ def value_of(text):
 _ENCODED_CONTAINERS = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset", deque: "deque",
                        dict: "dict", Counter: "Counter", OrderedDict: "OrderedDict"}
 _DECODED_CONTAINERS = {tag: kind for kind, tag in _ENCODED_CONTAINERS.items()}
+# Tags of _encode with one payload, and what rebuilds the value from it (ints and floats travel as reprs).
+_DECODED_SCALARS = {"opaque": Opaque, "bool": bool, "int": int, "float": float, "str": str, "bytes": bytes.fromhex}
 
 
 def _decode(enc):
     """Inverse of _encode. Raises on malformed input (it comes from an untrusted child); check its size first
     with _is_small_encoding."""
-    tag, *rest = enc
-    atoms = {"opaque": Opaque, "None": lambda: None, "bool": bool, "int": int, "float": float, "str": str,
-             "bytes": bytes.fromhex, "complex": lambda re, im: complex(float(re), float(im))}
-    if tag in atoms:
-        return atoms[tag](*rest)
+    tag = enc[0]
+    payload = enc[1:]
+    if tag == "None" and not payload:
+        return None
+    if tag == "complex":
+        real, imag = payload
+        return complex(float(real), float(imag))
+    if tag in _DECODED_SCALARS:
+        (text,) = payload
+        return _DECODED_SCALARS[tag](text)
     kind = _DECODED_CONTAINERS[tag]
-    items = [_decode(e) for e in rest[0]]
-    if issubclass(kind, dict):
+    items = []
+    for element in payload[0]:
+        items.append(_decode(element))
+    if issubclass(kind, dict):  # items alternate key, value
         return kind(dict(zip(items[::2], items[1::2])))
-    return kind(items, *rest[1:])
+    return kind(items, *payload[1:])  # a deque's maxlen follows its items
 
 
 def _is_small_encoding(enc, max_chars):
@@ -433,9 +442,14 @@ def _enter_sandbox(cfg, features, uid, workdir, job_r, out_w, res_w):
     os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     cpu = math.ceil(cfg["timeout_s"]) + 1  # a backstop (the wall clock kills first): SIGXCPU, a second later SIGKILL
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    for which, limit in [(resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_AS, cfg["memory_mb"] << 20),
-                         (resource.RLIMIT_FSIZE, cfg["file_mb"] << 20), (resource.RLIMIT_NPROC, cfg["max_processes"]),
-                         (resource.RLIMIT_CORE, 0)]:
+    limits = {
+        resource.RLIMIT_NOFILE: 64,
+        resource.RLIMIT_AS: cfg["memory_mb"] << 20,  # bytes of address space, per process
+        resource.RLIMIT_FSIZE: cfg["file_mb"] << 20,  # the largest file it may write
+        resource.RLIMIT_NPROC: cfg["max_processes"],  # processes of the sandbox uid
+        resource.RLIMIT_CORE: 0,
+    }
+    for which, limit in limits.items():
         resource.setrlimit(which, (limit, limit))
     if os.geteuid() == 0:  # RLIMIT_NPROC is not enforced for root: a fork bomb needs the uid drop
         os.setgroups([])
@@ -521,24 +535,29 @@ def _remove_memory_cgroup(path):
         os.rmdir(path)
 
 
+def _granted(step, *args):
+    """step(*args); False if the OS refused it (OSError), else True."""
+    try:
+        step(*args)
+    except OSError:
+        return False
+    return True
+
+
 def _probe(cfg):
     """Which isolation features this OS grants the forker; a trial child proves the full setup works."""
     features = {"root": os.geteuid() == 0, "private_mounts": False, "unhide": False, "net_ns": False,
                 "pid_ns": False, "mount_ns": False,
                 "memory_cgroup": _memory_cgroup(cfg["memory_mb"]) if cfg["namespaces"] else None,
                 "pidns_fd": os.open("/proc/self/ns/pid", os.O_RDONLY)}
-    steps = [("private_mounts", _private_mounts),
-             ("unhide", _unhide_python),  # without it, only preloaded or world-readable modules import
-             ("net_ns", lambda: _sys("unshare", CLONE_NEWNET)),  # forker and children: loopback only, down
-             ("pid_ns", lambda: _sys("unshare", CLONE_NEWPID))]
-    if not cfg["namespaces"]:
-        steps = []
-    for name, step in steps:
-        if name == "unhide" and not features["private_mounts"]:
-            continue  # its mounts would land in the host's namespace
-        with contextlib.suppress(OSError):
-            step()
-            features[name] = True
+    if cfg["namespaces"]:
+        features["private_mounts"] = _granted(_private_mounts)
+        # Without _unhide_python only preloaded or world-readable modules import; it needs the private
+        # namespace, or its mounts would land in the host's.
+        if features["private_mounts"]:
+            features["unhide"] = _granted(_unhide_python)
+        features["net_ns"] = _granted(_sys, "unshare", CLONE_NEWNET)  # forker and children: loopback only, down
+        features["pid_ns"] = _granted(_sys, "unshare", CLONE_NEWPID)  # applies to the forker's children
     # Children copy the forker's mount namespace: only a private one keeps their mounts off the host.
     mount_ns_choices = (True, False) if features["private_mounts"] else (False,)
     for mount_ns in mount_ns_choices:
