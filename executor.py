@@ -546,8 +546,8 @@ def _granted(step, *args):
 
 def _probe(cfg):
     """Which isolation features this OS grants the forker; a trial child proves the full setup works."""
-    features = {"root": os.geteuid() == 0, "private_mounts": False, "unhide": False, "net_ns": False,
-                "pid_ns": False, "mount_ns": False,
+    features = {"root": os.geteuid() == 0, "private_mounts": False, "net_ns": False, "pid_ns": False,
+                "mount_ns": False,
                 "memory_cgroup": _memory_cgroup(cfg["memory_mb"]) if cfg["namespaces"] else None,
                 "pidns_fd": os.open("/proc/self/ns/pid", os.O_RDONLY)}
     if cfg["namespaces"]:
@@ -555,7 +555,7 @@ def _probe(cfg):
         # Without _unhide_python only preloaded or world-readable modules import; it needs the private
         # namespace, or its mounts would land in the host's.
         if features["private_mounts"]:
-            features["unhide"] = _granted(_unhide_python)
+            _granted(_unhide_python)
         features["net_ns"] = _granted(_sys, "unshare", CLONE_NEWNET)  # forker and children: loopback only, down
         features["pid_ns"] = _granted(_sys, "unshare", CLONE_NEWPID)  # applies to the forker's children
     # Children copy the forker's mount namespace: only a private one keeps their mounts off the host.
