@@ -44,9 +44,9 @@ import buffers
 import rundir
 from buffers import ROLES, TASK_TYPES, Rewards
 from executor import BANNED_MODULES, Executor, run_batch_with_progress
-from model import (CPU_DEFAULT_MODEL, EMBEDDED_MODELS, KVCache, Transformer, default_stop_ids, generate, load_model,
-                   recorded_prompt_format)
-from trr import policy_gradient_loss, trr_advantages
+from model import (CPU_DEFAULT_MODEL, EMBEDDED_MODELS, KVCache, Transformer, cpu_has_bf16, default_stop_ids, generate,
+                   int8_decoder, int8_decoding_available, load_model, recorded_prompt_format, refresh_int8_decoder)
+from trr import policy_loss, trr_advantages
 
 
 # ----------------------------------------------------------------------------- config
@@ -98,11 +98,19 @@ class Config:
     lr_warmup_steps: int = option(0, "linear warm-up from lr / lr_warmup_steps over this many steps (0: constant lr)")
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.999, "AdamW beta2")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    grad_clip: float = option(1.0, "clip the gradient norm to this")
+    weight_decay: float = option(0.01, "AdamW weight decay (verl's default, which the authors ran)")
+    grad_clip: float = option(1.0, "clip the gradient norm of each mini-batch to this")
+    mini_batches: int = option(3, "AdamW steps per training step, one per slice of the step's rollouts (the authors: "
+                                  "384 sequences in mini-batches of 128); 1: plain REINFORCE, one step")
+    clip_ratio: float = option(0.2, "PPO clip range eps: a token's ratio pi/pi_old counts within [1 - eps, 1 + eps]")
+    entropy_coef: float = option(0.001, "weight of the entropy bonus in the loss (the authors' paper branch)")
     micro_batch_size: int = option(4, "sequences per forward and backward in the update")
     generation_batch_size: int = option(128, "sequences decoded together at most (the KV cache's rows)")
     activation_checkpointing: bool = option(True, "recompute each block's activations in the backward to save memory")
+    compute_dtype: str = option("auto", "the sampler copy's and the update's compute dtype: bfloat16, float32, or "
+                                        "auto: bfloat16 on CUDA and on CPUs with AVX512-BF16 or AMX, else float32")
+    int8_decode: bool = option(True, "CPU: decode from an int8 copy of the weights (prefill and update stay in the "
+                                     "compute dtype); off where torch has no fbgemm")
     zero: bool = option(False, "shard AdamW's state across ranks (ZeroRedundancyOptimizer)")
     fsdp: bool = option(False, "FSDP2 under torchrun: shard weights, gradients and AdamW state across ranks")
     kv_cache_gib: float = option(0.0, "sampler KV cache per GPU in GiB (0: half the memory free after setup; "
@@ -113,10 +121,10 @@ class Config:
 # model measurably improves (README "CPU run"). The learning rate is 10x the paper's because the run is
 # ~100x shorter; the warm-up keeps Adam's first steps (which move every weight by about lr) from
 # collapsing the response format, which a constant 5e-5 did in one step.
-CPU_PRESET = dict(steps=6, checkpoint_every=3, batch_size=3, num_references=2, n_solve_samples=4,
-                  seed_size=4, seed_max_rounds=2, max_prompt_tokens=1536, max_response_tokens=224,
-                  exec_timeout_s=2.0, lr=1e-5, lr_warmup_steps=2, micro_batch_size=2, generation_batch_size=48,
-                  activation_checkpointing=False)
+CPU_PRESET = dict(steps=12, checkpoint_every=2, batch_size=4, num_references=2, n_solve_samples=4,
+                  seed_size=4, seed_max_rounds=2, max_prompt_tokens=1536, max_response_tokens=256,
+                  exec_timeout_s=2.0, lr=5e-6, lr_warmup_steps=2, mini_batches=3, entropy_coef=0.0,
+                  micro_batch_size=2, generation_batch_size=48, activation_checkpointing=False)
 
 
 def flag_help(config_field):
@@ -235,12 +243,23 @@ def resolve_prompt_format(prompt_format, model_name, tokenizer):
     return prompt_format
 
 
-def sampler_model(model, device):
-    """The sampler's permanent copy of the weights: bf16 on CUDA, so decoding never casts weights and
-    its tensors keep fixed addresses (CUDA graphs replay against them); fp32 on CPU."""
+def compute_dtype(cfg, device):
+    """--compute-dtype resolved: auto is bf16 on CUDA and on CPUs with native bf16 matmuls (elsewhere a
+    CPU emulates bf16 far slower than it runs fp32), else fp32."""
+    if cfg.compute_dtype == "bfloat16":
+        return torch.bfloat16
+    if cfg.compute_dtype == "float32":
+        return torch.float32
+    if device.type == "cuda" or cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def sampler_model(model, device, dtype=torch.float32):
+    """The sampler's permanent copy of the weights in `dtype` (bf16 on CUDA), so decoding never casts
+    weights and its tensors keep fixed addresses (CUDA graphs replay against them)."""
     with torch.device("meta"):
         copy = Transformer(model.config)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     copy = copy.to(dtype).to_empty(device=device)
     copy.tie_weights()
     copy.requires_grad_(False)
@@ -260,6 +279,14 @@ def refresh_sampler_model(copy, model):
         targets[name].copy_(value)
 
 
+def sampler_decoder(copy, cfg, device):
+    """The model the sampler decodes with: on CPU with --int8-decode an int8 copy of the sampler's
+    weights (model.int8_decoder), else None (the sampler copy decodes too)."""
+    if device.type == "cuda" or not cfg.int8_decode or not int8_decoding_available():
+        return None
+    return int8_decoder(copy)
+
+
 KV_CACHE_FREE_FRACTION = 0.5  # default share of the free GPU memory for the KV cache; the update needs the rest
 
 
@@ -271,7 +298,7 @@ def sampler_cache(cfg, config, device):
     capacity = cfg.max_prompt_tokens + cfg.max_response_tokens
     if device.type != "cuda":
         rows = max(cfg.generation_batch_size, cfg.n_solve_samples)
-        return KVCache(config, rows, capacity, torch.float32, device)
+        return KVCache(config, rows, capacity, compute_dtype(cfg, device), device)
     if cfg.kv_cache_gib > 0:
         budget = cfg.kv_cache_gib * 2 ** 30
     else:
@@ -296,10 +323,11 @@ class Response:
 class Sampler:
     """Turns task texts into prompt tokens (in the run's prompt format), decodes in batches that fill
     the run's KV cache, with a progress bar, and counts tokens. `model` is the sampler's own copy of the
-    weights (sampler_model)."""
+    weights (sampler_model); `decoder` what decodes, if not `model` (sampler_decoder)."""
 
-    def __init__(self, model, tokenizer, cfg, device, cache, sample_fn=generate):
+    def __init__(self, model, tokenizer, cfg, device, cache, sample_fn=generate, decoder=None):
         self.model = model
+        self.decoder = decoder
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.device = device
@@ -308,6 +336,12 @@ class Sampler:
         self.stop_ids = default_stop_ids(tokenizer)
         self.tokens = 0  # sampled this step, for tokens/s
         self.seconds = 0.0
+
+    def refresh(self, model):
+        """Copy the trained weights into the sampler's copy (and its int8 decoder) after an update."""
+        refresh_sampler_model(self.model, model)
+        if self.decoder is not None:
+            refresh_int8_decoder(self.decoder, self.model)
 
     def encode(self, task_text):
         return buffers.encode_prompt(self.tokenizer, task_text, self.cfg.prompt_format)
@@ -324,7 +358,8 @@ class Sampler:
             for i in range(0, len(prompts), per_call):
                 samples = self.sample_fn(self.model, prompts[i:i + per_call], self.cfg.max_response_tokens,
                                          temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                         stop_ids=self.stop_ids, n=n, seed=seed + i, cache=self.cache)
+                                         stop_ids=self.stop_ids, n=n, seed=seed + i, cache=self.cache,
+                                         decoder=self.decoder)
                 for group in samples:
                     responses = []
                     for sample in group:
@@ -507,7 +542,8 @@ def estimate_learnability(proposer_rollouts, executor, sampler, cfg, seed):
             for response in samples:
                 tasks.append(job.task)
                 texts.append(response.text)
-        solutions = buffers.score_solutions(executor, task_type, tasks, texts)
+        # Scored from the answer block alone, as the authors score this estimate (require_think=False).
+        solutions = buffers.score_solutions(executor, task_type, tasks, texts, require_think=False)
         for i, rollout in enumerate(measured_by_type[task_type]):
             correct = sum(solution.correct for solution in solutions[i * n:(i + 1) * n])
             rollout.solve_rate = correct / n
@@ -635,8 +671,8 @@ class TokenLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens, mask=None):
-        return self.model.token_logprobs(tokens, mask)
+    def forward(self, tokens, mask=None, with_entropy=False):
+        return self.model.token_logprobs(tokens, mask, with_entropy=with_entropy)
 
 
 def shard_model(logprob_module, device, world):
@@ -686,18 +722,26 @@ def learning_rate(cfg, step):
 
 
 def step_advantages(rollouts, rank):
-    """Phase 7: TRR++ (eq. 8) over the step's rollouts from every rank -> this rank's advantages (one
-    per rollout) and the step's response-token count N_tok over all ranks."""
+    """Phase 7: TRR++ (eq. 8) over the step's rollouts from every rank -> this rank's advantages, one
+    per rollout."""
     records = []
     for rollout in rollouts:
-        records.append({"reward": rollout.reward, "group": rollout.group, "length": len(rollout.response_tokens)})
+        records.append({"reward": rollout.reward, "group": rollout.group})
     records_per_rank = all_gather(records)
     offset = sum(len(rank_records) for rank_records in records_per_rank[:rank])
     everything = in_rank_order(records_per_rank)
     advantages = trr_advantages([record["reward"] for record in everything],
                                 [record["group"] for record in everything])
-    num_tokens = max(1, sum(record["length"] for record in everything))
-    return advantages[offset:offset + len(rollouts)], num_tokens
+    return advantages[offset:offset + len(rollouts)]
+
+
+def mini_batch_slices(count, mini_batches):
+    """0..count-1 cut into `mini_batches` contiguous slices of near-equal size, in order: verl splits
+    the step's batch in its concatenated order, without shuffling."""
+    slices = []
+    for index in range(mini_batches):
+        slices.append(list(range(count * index // mini_batches, count * (index + 1) // mini_batches)))
+    return slices
 
 
 def micro_batch(rollouts, device):
@@ -713,19 +757,14 @@ def micro_batch(rollouts, device):
     return tokens.to(device), mask.to(device)
 
 
-def accumulate_gradients(logprob_module, rollouts, advantages, num_tokens, world, cfg, device):
-    """Backward of the TRR++ loss over micro-batches; the gradient ends as for one big batch.
-
-    DDP averages gradients over ranks, so each rank's loss is multiplied by the world size to turn
-    that average into the sum over ranks that L (divided by the global token count) needs (FSDP's
-    reduce-scatter averages too). Under DDP only the last micro-batch all-reduces; a rank without
-    rollouts still joins it with a zero-weight pass. FSDP gathers each block's weights in every
-    micro-batch, so there every rank runs as many micro-batches as the busiest one.
-    """
+def micro_batches(rollouts, indices, cfg, logprob_module):
+    """The micro-batches of one mini-batch: lists of rollout indices, similar lengths together (less
+    padding); at least one list, possibly empty. FSDP gathers each block's weights in every
+    micro-batch, so there every rank runs as many micro-batches as the busiest one."""
     def sequence_length(i):
         return len(rollouts[i].prompt_tokens) + len(rollouts[i].response_tokens)
 
-    order = sorted(range(len(rollouts)), key=sequence_length)  # similar lengths together: less padding
+    order = sorted(indices, key=sequence_length)
     batches = []
     for start in range(0, len(order), cfg.micro_batch_size):
         batches.append(order[start:start + cfg.micro_batch_size])
@@ -735,38 +774,106 @@ def accumulate_gradients(logprob_module, rollouts, advantages, num_tokens, world
         most = max(all_gather(len(batches)))
         while len(batches) < most:
             batches.append([])
+    return batches
+
+
+def update_autocast(cfg, device):
+    """The update's forward runs under autocast in the compute dtype (bf16 on CUDA); master weights,
+    gradients and AdamW state stay fp32."""
+    dtype = compute_dtype(cfg, device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+@torch.no_grad()
+def old_logprobs(logprob_module, rollouts, batches, cfg, device):
+    """log pi_old of every micro-batch in `batches` ((B, T-1) each, None for an empty one), computed by
+    the training model in the update's precision before any optimizer step of the training step: the
+    sampler's copy may run in another precision (int8 decoding, bf16), so its log-probs are not pi_old."""
+    result = []
+    for rows in batches:
+        if not rows:
+            result.append(None)
+            continue
+        tokens, mask = micro_batch([rollouts[i] for i in rows], device)
+        with update_autocast(cfg, device):
+            result.append(logprob_module(tokens, mask).float())
+    return result
+
+
+def accumulate_gradients(logprob_module, rollouts, batches, advantages, old, num_tokens, world, cfg, device):
+    """Backward of one mini-batch's loss (trr.policy_loss) over its micro-batches; the gradient ends
+    as for one big batch. `old`: pi_old per micro-batch (old_logprobs), or None when the weights have
+    not moved since the rollouts were taken (the first mini-batch): then pi_old is the forward's own
+    value, detached, and the ratio is exactly 1. -> tokens whose ratio was clipped.
+
+    DDP averages gradients over ranks, so each rank's loss is multiplied by the world size to turn
+    that average into the sum over ranks that L (divided by the global token count) needs (FSDP's
+    reduce-scatter averages too). Under DDP only the last micro-batch all-reduces; a rank without
+    rollouts still joins it with a zero-weight pass.
+    """
     is_ddp = isinstance(logprob_module, torch.nn.parallel.DistributedDataParallel)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for index, rows in enumerate(tqdm(batches, desc="update", leave=False)):
+    with_entropy = cfg.entropy_coef > 0
+    clipped = 0
+    for index, rows in enumerate(batches):
         if is_ddp and index < len(batches) - 1:
             sync = logprob_module.no_sync()
         else:
             sync = contextlib.nullcontext()
         with sync:  # no_sync must cover the backward too
-            with autocast:
+            with update_autocast(cfg, device):
                 if rows:
                     tokens, mask = micro_batch([rollouts[i] for i in rows], device)
-                    logprobs = logprob_module(tokens, mask).float()
-                    loss = policy_gradient_loss(logprobs, advantages[rows].to(device), mask, num_tokens) * world
+                    if with_entropy:
+                        logprobs, entropy = logprob_module(tokens, mask, with_entropy=True)
+                    else:
+                        logprobs = logprob_module(tokens, mask)
+                        entropy = None
+                    logprobs = logprobs.float()
+                    if old is None:
+                        pi_old = logprobs.detach()
+                    else:
+                        pi_old = old[index]
+                    loss, clipped_here = policy_loss(logprobs, pi_old, advantages[rows].to(device), mask, num_tokens,
+                                                     cfg.clip_ratio, entropy, cfg.entropy_coef)
+                    loss = loss * world
+                    clipped += int(clipped_here)
                 else:
                     loss = logprob_module(torch.zeros(1, 2, dtype=torch.long, device=device)).sum() * 0.0
             loss.backward()  # outside autocast, as torch recommends
+    return clipped
 
 
 def policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, device):
     """Phases 7-8: TRR++ advantages over the step's rollouts from every rank, then one clipped AdamW
-    step. -> the gradient norm before clipping."""
-    advantages, num_tokens = step_advantages(rollouts, rank)
-    # A rollout with zero advantage (e.g. its whole group was malformed: std 0) adds exactly nothing
-    # to the gradient, so it is not run at all; it still counts in num_tokens, as L requires.
-    active = [i for i in range(len(rollouts)) if advantages[i] != 0]
-    optimizer.zero_grad(set_to_none=True)
-    accumulate_gradients(logprob_module, [rollouts[i] for i in active], advantages[active], num_tokens, world,
-                         cfg, device)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
+    step per mini-batch (cfg.mini_batches), each on PPO's clipped surrogate against pi_old (trr.py).
+    -> {"grad_norm": mean over the mini-batches before clipping, "clip_fraction": share of the step's
+    response tokens whose ratio was clipped, over all ranks}."""
+    advantages = step_advantages(rollouts, rank)
+    plans = []  # per mini-batch: (micro-batches, response tokens over all ranks)
+    for indices in mini_batch_slices(len(rollouts), cfg.mini_batches):
+        num_tokens = sum(all_gather(sum(len(rollouts[i].response_tokens) for i in indices)))
+        # A rollout with zero advantage (e.g. its whole group was malformed: std 0) adds nothing to
+        # the clipped objective, so without an entropy bonus it is not run at all; it still counts in
+        # num_tokens, as L requires.
+        active = []
+        for i in indices:
+            if advantages[i] != 0 or cfg.entropy_coef > 0:
+                active.append(i)
+        plans.append((micro_batches(rollouts, active, cfg, logprob_module), max(1, num_tokens)))
+    old_per_mini_batch = [None]  # the first mini-batch steps from the weights that took the rollouts
+    for batches, _ in plans[1:]:
+        old_per_mini_batch.append(old_logprobs(logprob_module, rollouts, batches, cfg, device))
+    grad_norms = []
+    clipped = 0
+    for (batches, num_tokens), old in zip(plans, old_per_mini_batch):
+        optimizer.zero_grad(set_to_none=True)
+        clipped += accumulate_gradients(logprob_module, rollouts, batches, advantages, old, num_tokens, world, cfg,
+                                        device)
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)))
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)  # the gradients' memory goes to the sampler's KV cache meanwhile
-    return float(grad_norm)
+    all_tokens = max(1, sum(all_gather(sum(len(r.response_tokens) for r in rollouts))))
+    return {"grad_norm": sum(grad_norms) / len(grad_norms), "clip_fraction": sum(all_gather(clipped)) / all_tokens}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -781,8 +888,8 @@ def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor,
     update_started = time.time()
     for param_group in optimizer.param_groups:
         param_group["lr"] = learning_rate(cfg, step)
-    grad_norm = policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, device)
-    refresh_sampler_model(sampler.model, model)
+    update = policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, device)
+    sampler.refresh(model)
     update_seconds = time.time() - update_started
     summaries = in_rank_order(all_gather([rollout.summary() for rollout in rollouts]))
     timing = all_gather({"tokens": sampler.tokens, "seconds": sampler.seconds})
@@ -791,7 +898,8 @@ def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor,
         slowest = max(t["seconds"] for t in timing)
         metrics = {"step": step + 1}
         metrics.update(rundir.group_metrics(summaries))
-        metrics["grad_norm"] = grad_norm
+        metrics["grad_norm"] = update["grad_norm"]
+        metrics["clip_fraction"] = update["clip_fraction"]
         metrics["lr"] = learning_rate(cfg, step)
         for task_type in TASK_TYPES:
             metrics[f"buffer/{task_type}"] = len(buffer_map[task_type])
@@ -860,7 +968,8 @@ def train(cfg, sample_fn=generate):
                   banned_modules=BANNED_MODULES, max_output_chars=cfg.max_output_chars) as pool:
         executor = TimedExecutor(pool, chunk=8 * workers)
         cache = sampler_cache(cfg, model.config, device)
-        sampler = Sampler(sampler_model(model, device), tokenizer, cfg, device, cache, sample_fn)
+        copy = sampler_model(model, device, compute_dtype(cfg, device))
+        sampler = Sampler(copy, tokenizer, cfg, device, cache, sample_fn, sampler_decoder(copy, cfg, device))
         buffer_map = rundir.open_buffers(cfg, rank)
         if not rundir.has_seeds(cfg.out):
             seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log)

@@ -416,19 +416,28 @@ def _answer_start(text: str):
     return first
 
 
-def parse_response(text: str, task_type: str, role: str = "solve") -> Parsed:
+def parse_response(text: str, task_type: str, role: str = "solve", require_think: bool = True) -> Parsed:
     """Parse a response that continues the prompt's "Assistant: <think>".
 
     The prompt opened <think>, so the response starts inside the think block: we prepend "<think>"
     and require `<think>...</think>` then `<answer>...</answer>`; text after </answer> is ignored.
     A response that opens <think> again is fine (the extra tag is just thinking text). When a fence
     of one kind appears several times, the last one counts (a model may draft, then correct).
+    require_think=False reads the last complete `<answer>...</answer>` wherever it is, thinking closed
+    or not: how the authors score the learnability rollouts (reward_managers.py, the solver-accuracy
+    estimate). Trained rollouts keep the full rule.
     """
     text = "<think>" + text
+    if not require_think:
+        answers = _ANSWER.findall(text)
+        if not answers:
+            return Parsed(False, "no_answer")
+        return _parse_answer(answers[-1], task_type, role)
     first = _answer_start(text)
     if first is None:
         return Parsed(False, "no_think" if "</think>" not in text else "no_answer")
-    return _parse_answer(text, first, task_type, role)
+    answer = list(_ANSWER.finditer(text, first.start()))[-1].group(1)  # an <answer> in the thinking is not one
+    return _parse_answer(answer, task_type, role)
 
 
 def is_well_formed(text: str) -> bool:
@@ -436,9 +445,8 @@ def is_well_formed(text: str) -> bool:
     return _answer_start("<think>" + text) is not None
 
 
-def _parse_answer(text: str, first, task_type: str, role: str) -> Parsed:
-    answer = list(_ANSWER.finditer(text, first.start()))[-1].group(1)  # an <answer> in the thinking is not one
-
+def _parse_answer(answer: str, task_type: str, role: str) -> Parsed:
+    """The payload of one answer block's text for this task type and role."""
     def fail(reason):
         return Parsed(False, reason, answer)
 
@@ -574,9 +582,10 @@ def score_proposals(executor, task_type: str, responses: list[str],
 
 
 def score_solutions(executor, task_type: str, tasks: list, responses: list[str],
-                    rewards: Rewards = Rewards()) -> list[Solution]:
-    """Score solver responses against their tasks (tasks[j] goes with responses[j])."""
-    parsed = [parse_response(r, task_type, "solve") for r in responses]
+                    rewards: Rewards = Rewards(), require_think: bool = True) -> list[Solution]:
+    """Score solver responses against their tasks (tasks[j] goes with responses[j]).
+    require_think: see parse_response (False for the learnability rollouts)."""
+    parsed = [parse_response(r, task_type, "solve", require_think) for r in responses]
     calls = []
     owners = []  # owners[c] = index of the response that call c belongs to
     for j, (task, p) in enumerate(zip(tasks, parsed)):

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -354,10 +355,11 @@ class Transformer(nn.Module):
         cos, sin = self.rope(torch.arange(tokens.shape[1], device=tokens.device))
         return self.lm_head(self.hidden(tokens, cos, sin))
 
-    def token_logprobs(self, tokens, mask=None, chunk_size=2048):
+    def token_logprobs(self, tokens, mask=None, chunk_size=2048, with_entropy=False):
         """(B, T) -> (B, T-1) fp32: log pi(tokens[:, t+1] | tokens[:, :t+1]). Differentiable.
         mask (B, T-1), optional: only targets where it is non-zero get the lm_head and log-softmax, the
         rest are 0 (the update needs the response tokens only, a fraction of each sequence).
+        with_entropy: also return the entropy of pi at each target position, (B, T-1) fp32.
         The lm_head + log-softmax run over chunks of `chunk_size` targets, each under activation
         checkpointing, so at most one chunk's logits exist at a time, forward or backward."""
         batch, length = tokens.shape
@@ -368,18 +370,132 @@ class Transformer(nn.Module):
         where = mask.nonzero(as_tuple=True)
         h = h[where]  # (targets, hidden)
         targets = tokens[:, 1:][where]
-        chunks = []
+        logprob_chunks = []
+        entropy_chunks = []
         for start in range(0, targets.shape[0], chunk_size):
-            chunks.append(checkpoint(self._chunk_logprobs, h[start:start + chunk_size],
-                                     targets[start:start + chunk_size], use_reentrant=False))
-        out = torch.zeros(batch, length - 1, device=tokens.device)
-        if not chunks:
-            return out
-        return out.index_put(where, torch.cat(chunks))
+            logprobs, entropy = checkpoint(self._chunk_logprobs, h[start:start + chunk_size],
+                                           targets[start:start + chunk_size], with_entropy, use_reentrant=False)
+            logprob_chunks.append(logprobs)
+            entropy_chunks.append(entropy)
+        logprobs = torch.zeros(batch, length - 1, device=tokens.device)
+        entropy = torch.zeros(batch, length - 1, device=tokens.device)
+        if logprob_chunks:
+            logprobs = logprobs.index_put(where, torch.cat(logprob_chunks))
+            if with_entropy:
+                entropy = entropy.index_put(where, torch.cat(entropy_chunks))
+        if with_entropy:
+            return logprobs, entropy
+        return logprobs
 
-    def _chunk_logprobs(self, h, targets):
-        logits = self.lm_head(h).float()
-        return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+    def _chunk_logprobs(self, h, targets, with_entropy):
+        """-> log-probs of `targets` (n,) and, with_entropy, the entropy of each row's distribution (else
+        an empty tensor)."""
+        logits = self.lm_head(h).float()  # (n, vocab)
+        normalizer = logits.logsumexp(-1)
+        logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - normalizer
+        if not with_entropy:
+            return logprobs, logits.new_empty(0)
+        # H = -sum p log p = logsumexp(z) - sum p z
+        entropy = normalizer - (logits.softmax(-1) * logits).sum(-1)
+        return logprobs, entropy
+
+
+# ----------------------------------------------------------------------------------------------------
+# Int8 decoding on CPU
+
+def cpu_has_bf16() -> bool:
+    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX). Without either, torch emulates bf16
+    matmuls on CPU far slower than fp32 (0.3 vs 80 GFLOP/s measured on an AVX2-only EPYC)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set()
+            for line in f:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def int8_decoding_available() -> bool:
+    """fbgemm's int8 GEMM (the `x86` or `fbgemm` quantized engine) is in this torch build, and its
+    quantized-tensor API (deprecated in torch 2.14) still works."""
+    engines = torch.backends.quantized.supported_engines
+    if "x86" not in engines and "fbgemm" not in engines:
+        return False
+    try:
+        Int8Linear(nn.Linear(4, 4))
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
+class Int8Linear(nn.Module):
+    """A frozen int8 copy of an nn.Linear, for the decode steps of `generate` on CPU.
+
+    Weights: int8, one symmetric scale per output row. Activations: quantized to 8 bits per call with
+    one scale for the whole call (dynamic quantization), then fbgemm's int8 GEMM with fp32 output.
+    On CPU a decode step is a handful of rows against every weight, where fp32 GEMMs run at a
+    fraction of their peak; the int8 GEMM reads a quarter of the bytes and runs 4-6x faster there
+    (bench/step_profile.py). Prefill stays fp32 (see `int8_decoder`)."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.out_features = linear.out_features
+        self.packed = None
+        self.refresh(linear)
+
+    @torch.no_grad()
+    def refresh(self, linear):
+        """Re-quantize from `linear`'s current weights (after an optimizer step)."""
+        weight = linear.weight.detach().float()
+        scale = (weight.abs().amax(1) / 127).clamp_min(1e-12)  # (out,)
+        zero_point = torch.zeros(weight.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # the deprecation notice; int8_decoding_available checks it still works
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch.quantize_per_channel(weight, scale.double(), zero_point, 0, torch.qint8)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
+
+    def forward(self, x):
+        """x (..., in) fp32 -> (..., out) fp32."""
+        # reduce_range=False keeps 8-bit activations: measured on the embedded model, 7-bit ones
+        # (reduce_range=True) cost ten times more perplexity in decoding.
+        out = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]), self.packed, False)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def int8_decoder(model):
+    """A Transformer for `generate`'s decode steps on CPU: `model`'s embedding and norms (shared, not
+    copied) and an Int8Linear copy of every Linear. `generate(model, ..., decoder=int8_decoder(model))`
+    prefills with `model` in fp32 and decodes with this one. Prefill is compute-bound, and a prompt's
+    first token (the attention sink) has activations far larger than the rest, which would set the
+    per-call activation scale of a prefill; decode steps see one new token per row. Measured on the
+    embedded model (tests/test_model.py): teacher-forced decoding perplexity within 1% of fp32."""
+    with torch.device("meta"):
+        decoder = Transformer(model.config)
+    decoder.embed = model.embed
+    decoder.norm = model.norm
+    decoder.lm_head = Int8Linear(model.lm_head)
+    for ours, theirs in zip(decoder.blocks, model.blocks):
+        ours.attn_norm = theirs.attn_norm
+        ours.mlp_norm = theirs.mlp_norm
+        ours.attn.q_norm = theirs.attn.q_norm
+        ours.attn.k_norm = theirs.attn.k_norm
+        ours.attn.qkv = Int8Linear(theirs.attn.qkv)
+        ours.attn.proj = Int8Linear(theirs.attn.proj)
+        ours.mlp.gate_up = Int8Linear(theirs.mlp.gate_up)
+        ours.mlp.down = Int8Linear(theirs.mlp.down)
+    return decoder.eval()
+
+
+def refresh_int8_decoder(decoder, model):
+    """Re-quantize every Int8Linear of `decoder` from the Linear of the same name in `model`."""
+    sources = dict(model.named_modules())
+    for name, module in decoder.named_modules():
+        if isinstance(module, Int8Linear):
+            module.refresh(sources[name])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -724,12 +840,13 @@ def _sample(logits, temperature, top_p, generator):
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None,
-             logprobs=False, cache=None):
+             logprobs=False, cache=None, decoder=None):
     """Sample n continuations of each prompt (lists of token ids, any lengths) -> list (per prompt) of
     n Samples. A row stops after sampling any of `stop_ids` or after max_new_tokens tokens.
     temperature 0 is greedy. `logprobs`: fill Sample.logprobs (else they stay empty). `cache`: a KVCache
-    to decode in (a run keeps one, see KVCache), else one is made for this call. Runs in eval mode and
-    restores model.training; works under autocast."""
+    to decode in (a run keeps one, see KVCache), else one is made for this call. `decoder`: a model for
+    the decode steps (int8_decoder on CPU), else `model` decodes too. Runs in eval mode and restores
+    model.training; works under autocast."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
     if not prompts or max_new_tokens <= 0:
@@ -741,7 +858,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_id
     model.eval()
     try:
         tokens, token_logprobs = _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, seed,
-                                           logprobs, cache)
+                                           logprobs, cache, decoder or model)
     finally:
         model.train(was_training)
     # Cut each row after its first stop token; rows keep computing a few steps after stopping.
@@ -763,7 +880,7 @@ def _round_up(value, multiple):
     return (value + multiple - 1) // multiple * multiple
 
 
-def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, seed, want_logprobs, cache):
+def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, seed, want_logprobs, cache, decoder):
     """-> tokens, logprobs: (len(prompts) * n, max_new_tokens) CPU tensors, row p*n+j is sample j of prompt p
     (logprobs None unless wanted)."""
     device = model.embed.weight.device
@@ -830,7 +947,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, s
                     positions = positions[keep]
                     token = token[keep]
         length = min(_round_up(max(row_prompt_len) + step + 1, cache.length_bucket), cache.capacity)
-        logits = _decode_logits(model, cache, token, positions, rows, length)
+        logits = _decode_logits(decoder, cache, token, positions, rows, length)
         positions = positions + 1
     return out_tokens.cpu(), None if out_logprobs is None else out_logprobs.cpu()
 

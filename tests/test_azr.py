@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import azr
 from buffers import TASK_TYPES, TaskBuffer
-from model import Sample, load_model
+from model import ModelConfig, Sample, Transformer, load_model
 from trr import trr_advantages
 
 
@@ -70,7 +70,7 @@ class ScriptedSampler:
         return answer(fence("python", program))
 
     def __call__(self, model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None,
-                 cache=None):
+                 cache=None, decoder=None):
         if self.kill_if is not None and self.kill_if():
             os.kill(os.getpid(), signal.SIGKILL)  # a run killed mid-step
         results = []
@@ -234,8 +234,10 @@ def gradient(model, logprob_module, rollouts, world, micro_batch_size):
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     mine = list(range(rank, len(rollouts), world))
     num_tokens = sum(len(r.response_tokens) for r in rollouts)
-    azr.accumulate_gradients(logprob_module, [rollouts[i] for i in mine], advantages[mine], num_tokens, world,
-                             cfg, torch.device("cpu"))
+    my_rollouts = [rollouts[i] for i in mine]
+    batches = azr.micro_batches(my_rollouts, range(len(mine)), cfg, logprob_module)
+    azr.accumulate_gradients(logprob_module, my_rollouts, batches, advantages[mine], None, num_tokens, world, cfg,
+                             torch.device("cpu"))
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
@@ -247,6 +249,46 @@ def test_gradient_independent_of_micro_batch_size(tiny_checkpoint):
     for name in whole:
         torch.testing.assert_close(whole[name], split[name], rtol=1e-4, atol=1e-7)
     assert any(g.abs().sum() > 0 for g in whole.values())
+
+
+def test_one_mini_batch_gives_the_reinforce_gradient(tiny_checkpoint):
+    """--mini-batches 1 without entropy: exactly the gradient of -(1/N) sum A log pi, computed here
+    straight from the model's log-probs."""
+    model, _ = load_model(str(tiny_checkpoint))
+    rollouts = fixed_rollouts()
+    cfg = azr.Config(micro_batch_size=3, mini_batches=1, entropy_coef=0.0)
+    advantages = trr_advantages([r.reward for r in rollouts], [r.group for r in rollouts])
+    num_tokens = sum(len(r.response_tokens) for r in rollouts)
+    module = azr.TokenLogprobs(model)
+    batches = azr.micro_batches(rollouts, range(len(rollouts)), cfg, module)
+    azr.accumulate_gradients(module, rollouts, batches, advantages, None, num_tokens, 1, cfg, torch.device("cpu"))
+    ours = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    for rows in batches:
+        tokens, mask = azr.micro_batch([rollouts[i] for i in rows], torch.device("cpu"))
+        logprobs = model.token_logprobs(tokens, mask)
+        (-(logprobs * advantages[rows][:, None] * mask).sum() / num_tokens).backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(ours[name], param.grad, rtol=1e-6, atol=1e-9)
+    assert any(g.abs().sum() > 0 for g in ours.values())
+
+
+def test_mini_batches_take_one_adamw_step_each():
+    """--mini-batches 3: three optimizer steps in one training step; after the first, ratios move away
+    from 1, and with a large lr some tokens are clipped."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_layers=2,
+                                    num_heads=4, num_kv_heads=2, head_dim=8))
+    rollouts = fixed_rollouts(9)
+    cfg = azr.Config(micro_batch_size=2, mini_batches=3, lr=0.1)
+    optimizer = azr.make_optimizer(model, cfg, 1)
+    assert optimizer.param_groups[0]["weight_decay"] == 0.01
+    update = azr.policy_update(model, azr.TokenLogprobs(model), optimizer, rollouts, cfg, 0, 1, torch.device("cpu"))
+    steps = {int(state["step"]) for state in optimizer.state.values()}
+    assert steps == {3}
+    assert update["grad_norm"] > 0
+    assert 0 < update["clip_fraction"] <= 1
+    assert azr.mini_batch_slices(7, 3) == [[0, 1], [2, 3], [4, 5, 6]]
 
 
 # ----------------------------------------------------------------------------- two ranks (gloo)

@@ -145,6 +145,21 @@ def test_solver_rewards_come_from_config(executor):
     assert got == [1.0, -0.25, -3.0]
 
 
+def test_learnability_scoring_reads_the_answer_block_alone(executor):
+    """The learnability rollouts are scored as the authors score them: the last <answer> block, thinking
+    closed or not. Trained solver rollouts keep the full format rule."""
+    unclosed = " 1 and 2 sorted ... <answer>\n```output\n[1, 2]\n```\n</answer>"  # no </think>
+    wrong_unclosed = " hmm <answer>[2]</answer>"
+    no_answer = " thinking forever"
+    closed = answer("output", "[1, 2]")
+    responses = [unclosed, wrong_unclosed, no_answer, closed]
+    learnability = score_solutions(executor, "deduction", [SORT] * 4, responses, require_think=False)
+    trained = score_solutions(executor, "deduction", [SORT] * 4, responses)
+    assert [s.correct for s in learnability] == [True, False, False, True]
+    assert [s.parsed.ok for s in learnability] == [True, True, False, True]
+    assert [s.reward for s in trained] == [-1.0, -1.0, -1.0, 1.0]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Proposer tables: (response, expected composite reward at solve rate 1/4, expected status)
 

@@ -37,11 +37,11 @@ def one_update(checkpoint, rollouts, rank, world, fsdp):
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     copy = azr.sampler_model(model, torch.device("cpu"))
     cfg = azr.Config(micro_batch_size=3, lr=LR)
-    grad_norm = azr.policy_update(model, module, optimizer, rollouts[rank::world], cfg, rank, world,
-                                  torch.device("cpu"))
+    update = azr.policy_update(model, module, optimizer, rollouts[rank::world], cfg, rank, world,
+                               torch.device("cpu"))
     azr.refresh_sampler_model(copy, model)
     weights = {name: value.clone() for name, value in rundir.full_weights(model).items()}
-    return weights, {name: p.clone() for name, p in copy.named_parameters()}, grad_norm
+    return weights, {name: p.clone() for name, p in copy.named_parameters()}, update["grad_norm"]
 
 
 def update_worker(rank, world, port, checkpoint, results):
