@@ -172,7 +172,9 @@ class KVCache:
     Two modes. The model call says which: a decode call passes `positions` down to attention (as
     gpt-fast passes `input_pos`), a prefill call passes none. `generate` sets the mode's state first:
       prefill (`set_prefill`): `prompt_rows` (c,) prompt indices; the chunk's k/v go to rows
-               prompt*n .. prompt*n+n-1, so the n samples of a prompt share one prefill.
+               prompt*n .. prompt*n+n-1, so the n samples of a prompt share one prefill. With
+               `start` > 0 the chunk continues prompts whose first `start` slots are already filled
+               (a shared prefix): its tokens sit at slots start.., and attend to those slots too.
       decode (`set_decode`): `positions` (rows,) where each row's new token sits; row b writes slot
                positions[b] and attends slots 0..positions[b]; `length` (host int) bounds the slots any
                row can attend. The mask over those slots is built once per step, not once per layer.
@@ -204,6 +206,8 @@ class KVCache:
         self.graphs = {}  # (rows, length) -> torch.cuda.CUDAGraph of the decode step
         self.graph_pool = None  # one memory pool for all graphs: they never run concurrently
         self.prompt_rows = None
+        self.prefill_start = 0
+        self.prefill_mask = None
         self.mask = None
         self.row_index = None
         self.length = 0
@@ -213,8 +217,16 @@ class KVCache:
         """Keys plus values of one token over all layers."""
         return 2 * config.num_layers * config.num_kv_heads * config.head_dim * torch.empty(0, dtype=dtype).element_size()
 
-    def set_prefill(self, prompt_rows):
+    def set_prefill(self, prompt_rows, start=0, width=0):
+        """The next prefill forward writes the prompts `prompt_rows` (c,), `width` tokens each from slot
+        `start` on."""
         self.prompt_rows = prompt_rows
+        self.prefill_start = start
+        self.prefill_mask = None
+        if start > 0:
+            # (width, start + width): token i (slot start + i) attends every slot up to its own.
+            slots = torch.arange(start + width, device=prompt_rows.device)
+            self.prefill_mask = slots[None, :] <= torch.arange(width, device=prompt_rows.device)[:, None] + start
 
     def set_decode(self, positions, length):
         self.length = length
@@ -223,11 +235,22 @@ class KVCache:
         self.row_index = torch.arange(positions.shape[0], device=positions.device)
 
     def write_prefill(self, layer, k, v):
+        """k, v (c, kv_heads, T, D) of the chunk (c may be 1 for a prefix shared by all c prompts) ->
+        the keys and values its tokens attend to: k, v themselves, or with a shared prefix before them
+        (start > 0) the prompts' slots 0 .. start+T-1, (c, kv_heads, start+T, D)."""
         _, kv_heads, _, head_dim = self.k[layer].shape
         rows = self.rows // self.n * self.n
+        start = self.prefill_start
+        end = start + k.shape[2]
+        attended = []
         for cache, new in ((self.k[layer], k), (self.v[layer], v)):
             per_prompt = cache[:rows].view(rows // self.n, self.n, kv_heads, self.capacity, head_dim)
-            per_prompt[self.prompt_rows, :, :, :new.shape[2]] = new[:, None].to(cache.dtype)
+            per_prompt[self.prompt_rows, :, :, start:end] = new[:, None].to(cache.dtype)
+            if start > 0:
+                attended.append(per_prompt[self.prompt_rows, 0, :, :end])  # each prompt's first sample row
+        if start == 0:
+            return k, v
+        return attended[0], attended[1]
 
     def write_decode(self, layer, k, v, positions):
         """k, v (rows, kv_heads, 1, D) of the tokens at `positions` (rows,) -> this layer's
@@ -278,9 +301,12 @@ class Attention(nn.Module):
         v = v.transpose(1, 2)
         if positions is None:
             if cache is not None:
-                cache.write_prefill(self.layer, k, v)
-            # Right-padded batches need only the causal mask: padding comes after every real token.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                k, v = cache.write_prefill(self.layer, k, v)
+            if cache is not None and cache.prefill_start > 0:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.prefill_mask, enable_gqa=True)
+            else:
+                # Right-padded batches need only the causal mask: padding comes after every real token.
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
             k, v = cache.write_decode(self.layer, k, v, positions)
             # One query token per row: fold each kv head's query group into the query axis, so the
@@ -880,6 +906,96 @@ def _round_up(value, multiple):
     return (value + multiple - 1) // multiple * multiple
 
 
+SHARED_PREFIX_GROUP_COST = 16  # tokens a group's extra prefix forward is worth, when choosing groups
+
+
+def _common_prefix_length(a, b):
+    length = 0
+    while length < min(len(a), len(b)) and a[length] == b[length]:
+        length += 1
+    return length
+
+
+def _shared_prefix_groups(prompts):
+    """-> [(prefix length, [prompt indices])]: groups of prompts that share their first `prefix length`
+    tokens (0 for a prompt alone), so `_prefill` computes those tokens once per group, as vLLM's prefix
+    caching and SGLang's RadixAttention do. The prompts are sorted by their tokens, which puts prompts
+    with long common prefixes next to each other (the chat header, the instructions and the worked
+    example of one task type), and the sorted list is cut into the runs that save the most prefill
+    tokens: a run of g prompts sharing p tokens saves (g - 1) * p (dynamic programming over cut points;
+    a run's shared part always leaves each member at least one token of its own)."""
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    neighbours = []  # neighbours[k]: tokens that order[k] and order[k + 1] share
+    for a, b in zip(order, order[1:]):
+        neighbours.append(_common_prefix_length(prompts[a], prompts[b]))
+
+    best = [0] * (len(order) + 1)  # best[k]: most tokens saved over order[:k]
+    cut = [0] * (len(order) + 1)  # where the last run of that best split starts
+    prefix_of_run = [0] * (len(order) + 1)  # and the prefix that run shares (0: none)
+    for end in range(1, len(order) + 1):
+        best[end] = -1
+        shared = None  # tokens order[first..end-1] all share, each keeping one of its own
+        for first in range(end - 1, -1, -1):
+            if first == end - 1:
+                shared = len(prompts[order[first]]) - 1
+            else:
+                shared = min(shared, neighbours[first], len(prompts[order[first]]) - 1)
+            saved = (end - 1 - first) * shared - SHARED_PREFIX_GROUP_COST
+            if saved <= 0:
+                saved = 0
+            if best[first] + saved > best[end]:
+                best[end] = best[first] + saved
+                cut[end] = first
+                prefix_of_run[end] = shared if saved > 0 else 0
+    groups = []
+    end = len(order)
+    while end > 0:  # from the end; runs that share nothing become one group, prefilled in chunks as usual
+        members = order[cut[end]:end]
+        if prefix_of_run[end] == 0 and groups and groups[-1][0] == 0:
+            groups[-1] = (0, members + groups[-1][1])
+        else:
+            groups.append((prefix_of_run[end], members))
+        end = cut[end]
+    return groups[::-1]
+
+
+def _prefill(model, prompts, cache):
+    """Write every prompt's keys/values into its n rows of `cache` -> next-token logits (rows, vocab) fp32.
+
+    A shared prefix is computed once per group (_shared_prefix_groups) and written to every member's
+    rows; then the members' own tokens are prefilled after it, attending to it. Members are taken
+    shortest first, in chunks of at most PREFILL_TOKENS padded tokens, so chunks pad little."""
+    device = model.embed.weight.device
+    lengths = [len(p) for p in prompts]
+    logits = torch.empty(len(prompts), model.config.vocab_size, device=device)
+    for prefix, members in _shared_prefix_groups(prompts):
+        if prefix > 0:
+            cache.set_prefill(torch.tensor(members, device=device))
+            prefix_tokens = torch.tensor([prompts[members[0]][:prefix]], device=device)
+            model.hidden(prefix_tokens, cache.cos[:prefix], cache.sin[:prefix], cache)  # (1, prefix, hidden)
+        order = sorted(members, key=lengths.__getitem__)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end + 1 - start) * (lengths[order[end]] - prefix) <= PREFILL_TOKENS:
+                end += 1
+            chunk = order[start:end]
+            width = lengths[chunk[-1]] - prefix
+            batch = []
+            for i in chunk:
+                own = prompts[i][prefix:]
+                batch.append(own + [0] * (width - len(own)))
+            batch = torch.tensor(batch, device=device)
+            chunk_rows = torch.tensor(chunk, device=device)
+            cache.set_prefill(chunk_rows, prefix, width)
+            h = model.hidden(batch, cache.cos[prefix:prefix + width], cache.sin[prefix:prefix + width], cache)
+            last = torch.tensor([lengths[i] - 1 - prefix for i in chunk], device=device)
+            logits[chunk_rows] = model.lm_head(h[torch.arange(len(chunk), device=device), last]).float()
+            start = end
+    cache.set_prefill(None)
+    return logits.repeat_interleave(cache.n, dim=0)  # (rows, vocab)
+
+
 def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, seed, want_logprobs, cache, decoder):
     """-> tokens, logprobs: (len(prompts) * n, max_new_tokens) CPU tensors, row p*n+j is sample j of prompt p
     (logprobs None unless wanted)."""
@@ -895,24 +1011,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, s
     cache.n = n
     generator = None if seed is None else torch.Generator(device).manual_seed(seed)
 
-    # Prefill each prompt once (shortest first, so chunks pad little), writing its k/v into its n rows.
-    logits = torch.empty(len(prompts), model.config.vocab_size, device=device)
-    order = sorted(range(len(prompts)), key=lengths.__getitem__)
-    start = 0
-    while start < len(order):
-        end = start + 1
-        while end < len(order) and (end + 1 - start) * lengths[order[end]] <= PREFILL_TOKENS:
-            end += 1
-        chunk = order[start:end]
-        width = lengths[chunk[-1]]
-        batch = torch.tensor([prompts[i] + [0] * (width - lengths[i]) for i in chunk], device=device)
-        chunk_rows = torch.tensor(chunk, device=device)
-        cache.set_prefill(chunk_rows)
-        h = model.hidden(batch, cache.cos[:width], cache.sin[:width], cache)  # (c, width, hidden)
-        last = torch.tensor([lengths[i] - 1 for i in chunk], device=device)
-        logits[chunk_rows] = model.lm_head(h[torch.arange(len(chunk), device=device), last]).float()
-        start = end
-    logits = logits.repeat_interleave(n, dim=0)  # (rows, vocab)
+    logits = _prefill(model, prompts, cache)  # (rows, vocab)
 
     # Decode. Row b's next token sits at positions[b]; rows advance in lockstep, so the longest
     # attended prefix is known on the host without a sync. The live rows are always the cache's

@@ -248,6 +248,49 @@ def test_greedy_matches_transformers_generate(llama):
         assert len(expected) == 24 and got.tokens == expected
 
 
+def shared_prefix_prompts():
+    """Two families of prompts with long common prefixes (like one task type's instructions and
+    worked example), one prompt that is a family's prefix plus one token, and two unrelated ones."""
+    head = random_prompts([30], seed=5)[0]
+    family_a = [head + tail for tail in random_prompts([7, 3, 12], seed=6)]
+    middle = random_prompts([15], seed=9)[0]
+    family_b = [head[:10] + middle + tail for tail in random_prompts([25, 25], seed=7)]
+    return family_a + family_b + [head + [1]] + random_prompts([9, 40], seed=8)
+
+
+def test_shared_prefix_groups():
+    prompts = shared_prefix_prompts()
+    groups = M._shared_prefix_groups(prompts)
+    assert sorted(i for _, members in groups for i in members) == list(range(len(prompts)))
+    by_prefix = {prefix: sorted(members) for prefix, members in groups if prefix}
+    assert by_prefix[30] == [0, 1, 2, 5]  # family a and head + [1]
+    assert by_prefix[25 + M._common_prefix_length(prompts[3][25:], prompts[4][25:])] == [3, 4]
+    for prefix, members in groups:
+        for i in members:
+            assert prompts[i][:prefix] == prompts[members[0]][:prefix] and len(prompts[i]) > prefix
+
+
+def test_shared_prefix_prefill_is_exact(llama, monkeypatch):
+    """Prefilling shared prefixes once gives every prompt the logits of its own full forward (fp32,
+    <= 1e-5) and, for a fixed seed, the same samples as prefilling every prompt in full."""
+    ours, _ = llama
+    prompts = shared_prefix_prompts()
+    with torch.no_grad():
+        cache = M.KVCache(ours.config, len(prompts), 64, torch.float32, "cpu")
+        shared = M._prefill(ours, prompts, cache)
+        for i, prompt in enumerate(prompts):
+            full = ours(torch.tensor([prompt]))[0, -1]
+            assert (shared[i] - full).abs().max() <= 1e-5, i
+    with_sharing = M.generate(ours, prompts, 12, temperature=1.0, n=2, seed=3, logprobs=True)
+    monkeypatch.setattr(M, "SHARED_PREFIX_GROUP_COST", 10 ** 9)  # no group ever pays: every prompt in full
+    assert all(prefix == 0 for prefix, _ in M._shared_prefix_groups(prompts))
+    in_full = M.generate(ours, prompts, 12, temperature=1.0, n=2, seed=3, logprobs=True)
+    for a, b in zip(with_sharing, in_full):
+        for x, y in zip(a, b):
+            assert x.tokens == y.tokens
+            assert max(abs(p - q) for p, q in zip(x.logprobs, y.logprobs)) <= 1e-5
+
+
 def test_batched_greedy_equals_each_alone_with_compaction(llama, monkeypatch):
     ours, _ = llama
     prompts = random_prompts([4, 13, 1, 8, 20, 6])
