@@ -121,7 +121,7 @@ class Config:
 # model measurably improves (README "CPU run"). The learning rate is 10x the paper's because the run is
 # ~100x shorter; the warm-up keeps Adam's first steps (which move every weight by about lr) from
 # collapsing the response format, which a constant 5e-5 did in one step.
-CPU_PRESET = dict(steps=12, checkpoint_every=2, batch_size=4, num_references=2, n_solve_samples=4,
+CPU_PRESET = dict(steps=6, checkpoint_every=2, batch_size=4, num_references=2, n_solve_samples=4,
                   seed_size=4, seed_max_rounds=2, max_prompt_tokens=1536, max_response_tokens=256,
                   exec_timeout_s=2.0, lr=5e-6, lr_warmup_steps=2, mini_batches=3, entropy_coef=0.0,
                   micro_batch_size=2, generation_batch_size=48, activation_checkpointing=False)
