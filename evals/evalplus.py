@@ -20,7 +20,7 @@ EVALPLUS_MIN_TIME_LIMIT_S = 10.0
 EVALPLUS_TIME_FACTOR = 8.0
 EVALPLUS_RUN_LIMIT_S = 60.0
 # MBPP+ inputs are JSON; EvalPlus turns the lists of these tasks back into the tuples, sets and complex numbers
-# the functions take (evalplus/data/mbpp.py). Shape name -> task numbers; the driver below applies the shape.
+# the functions take (evalplus/data/mbpp.py). Shape name -> task numbers; drivers/evalplus.py applies the shape.
 MBPP_INPUT_SHAPES = {
     "args_tuples": (2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579, 596, 616, 630, 726,
                     740, 744, 809),

@@ -29,6 +29,7 @@ LCB_PRELUDE = ("".join(f"from {name} import *\n" for name in LCB_MODULES)
                + "".join(f"import {name}\n" for name in LCB_MODULES) + "sys.setrecursionlimit(50000)\n")
 
 LCB_DECODER = read_driver("lcb_decoder.py")  # decodes the private tests in the sandbox
+DECODE_TIMEOUT_S = STDIO_SANDBOX.timeout_s  # the pool's longest clock: a blob can hold hundreds of tests
 LCB_CALL = read_driver("lcb_call.py")  # calls a functional (LeetCode) solution's method
 
 
@@ -76,7 +77,7 @@ def decode_private_tests(blobs, executor, cache_dir):
             cached[blob] = entry["tests"]
         else:
             todo.append(blob)
-    calls = [(LCB_DECODER, json.dumps({"blob": blob, "start": 0, "stop": None}), STDIO_SANDBOX.timeout_s) for blob in todo]
+    calls = [(LCB_DECODER, json.dumps({"blob": blob, "start": 0, "stop": None}), DECODE_TIMEOUT_S) for blob in todo]
     results = run_stdio_calls(executor, calls, "livecodebench decoding tests") if calls else []
     for blob, result in zip(todo, results):
         if result.status == "ok":
@@ -91,11 +92,12 @@ def decode_private_tests(blobs, executor, cache_dir):
 
 
 def decode_one_by_one(blob, executor):
-    count_call = ("run_stdio", LCB_DECODER, json.dumps({"blob": blob, "start": 0, "stop": 0}), STDIO_SANDBOX.timeout_s)
+    count_call = ("run_stdio", LCB_DECODER, json.dumps({"blob": blob, "start": 0, "stop": 0}), DECODE_TIMEOUT_S)
     count = json.loads(executor.run_batch([count_call])[0].output)["count"]
     calls = []
     for i in range(count):
-        calls.append(("run_stdio", LCB_DECODER, json.dumps({"blob": blob, "start": i, "stop": i + 1}), STDIO_SANDBOX.timeout_s))
+        request = json.dumps({"blob": blob, "start": i, "stop": i + 1})
+        calls.append(("run_stdio", LCB_DECODER, request, DECODE_TIMEOUT_S))
     tests = []
     for result in executor.run_batch(calls):
         if result.status != "ok":

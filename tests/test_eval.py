@@ -349,7 +349,8 @@ def test_format_rate_and_recorded_chat_format(monkeypatch, tmp_path):
             return "no closing tag, <answer>" + problems[index]["output"] + "</answer>"
         return response("output", problems[index]["output"])
     seen = scripted_model(monkeypatch, answer_for)
-    result = ev.main(["--bench", "cruxeval-o", "--data", str(data), "--model", str(checkpoint)])["benchmarks"]["cruxeval-o"]
+    report = ev.main(["--bench", "cruxeval-o", "--data", str(data), "--model", str(checkpoint)])
+    result = report["benchmarks"]["cruxeval-o"]
     assert all(s.endswith("<|im_start|>assistant\n<think>") for s in seen)
     assert result["format_rate"] == 50.0 and result["pass@1"] == 50.0
     seen.clear()
