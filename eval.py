@@ -1,12 +1,12 @@
-"""Scores a model (or a file of its answers) on the benchmarks the paper reports, as their official harnesses
-score them, and reports pass@k.
+"""Scores a model, or a file of its answers, on the paper's benchmarks and reports pass@k.
 
-The benchmarks are records in evals/ (one module per family; see evals/common.py's Benchmark), mapped by
-name in BENCHMARKS below: CRUXEval-O/-I, HumanEval, MBPP, MATH-style and GSM8K, and the paper's Table 1
-(`--suite paper`: HumanEval+, MBPP+, LiveCodeBench and six math sets). This file is the pipeline they share:
-load the problems, answer them (`--model`: load the model once and sample with model.sample_texts, the
-trainer's generation path; `--generations`: read a file of answers), score the answers, and report pass@k,
-one JSON schema for every benchmark (`--out`). Every program runs in executor.py's sandbox, in parallel.
+Scores are computed as the benchmarks' official harnesses compute them. The benchmarks are records in
+evals/ (one module per family; see evals/common.py's Benchmark), mapped by name in BENCHMARKS below:
+CRUXEval-O/-I, HumanEval, MBPP, MATH-style and GSM8K, and the paper's Table 1 (`--suite paper`: HumanEval+,
+MBPP+, LiveCodeBench and six math sets). This file is the pipeline they share: load the problems, answer
+them (`--model`: load the model once and sample with model.sample_texts, the trainer's generation path;
+`--generations`: read a file of answers), score the answers, and report pass@k, one JSON schema for every
+benchmark (`--out`). Every program runs in executor.py's sandbox, in parallel.
 """
 import argparse
 import datetime
