@@ -45,7 +45,8 @@ import rundir
 from buffers import ROLES, TASK_TYPES, Rewards
 from executor import BANNED_MODULES, Executor, run_batch_with_progress
 from model import (CPU_DEFAULT_MODEL, EMBEDDED_MODELS, KVCache, Transformer, cpu_has_bf16, default_stop_ids, generate,
-                   int8_decoder, int8_decoding_available, load_model, recorded_prompt_format, refresh_int8_decoder)
+                   int8_decoder, int8_decoding_available, load_model, recorded_prompt_format, refresh_int8_decoder,
+                   sample_texts)
 from trr import policy_loss, trr_advantages
 
 
@@ -352,22 +353,17 @@ class Sampler:
     def __call__(self, prompts, n, seed, desc):
         """prompts: token-id lists -> for each prompt, a list of n Responses."""
         start = time.time()
-        per_call = max(1, self.cache.rows // n)
+        texts = sample_texts(self.model, self.tokenizer, prompts, self.cfg.max_response_tokens, n, seed,
+                             batch_size=max(1, self.cache.rows // n), temperature=self.cfg.temperature,
+                             top_p=self.cfg.top_p, stop_ids=self.stop_ids, cache=self.cache,
+                             sample_fn=self.sample_fn, desc=desc, decoder=self.decoder)
         results = []
-        with tqdm(total=len(prompts) * n, desc=desc, unit="seq", leave=False) as bar:
-            for i in range(0, len(prompts), per_call):
-                samples = self.sample_fn(self.model, prompts[i:i + per_call], self.cfg.max_response_tokens,
-                                         temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                         stop_ids=self.stop_ids, n=n, seed=seed + i, cache=self.cache,
-                                         decoder=self.decoder)
-                for group in samples:
-                    responses = []
-                    for sample in group:
-                        text = self.tokenizer.decode(sample.tokens, skip_special_tokens=True)
-                        responses.append(Response(sample.tokens, text))
-                        self.tokens += len(sample.tokens)
-                    results.append(responses)
-                bar.update(len(samples) * n)
+        for group in texts:
+            responses = []
+            for tokens, text in group:
+                responses.append(Response(tokens, text))
+                self.tokens += len(tokens)
+            results.append(responses)
         self.seconds += time.time() - start
         return results
 

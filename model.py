@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2")
 
@@ -1096,3 +1097,30 @@ def _capture_decode_step(model, cache, rows, length):
     with torch.cuda.graph(graph, pool=cache.graph_pool):
         out.copy_(_decode_step(model, cache, tokens, positions, length))
     return graph
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling texts in batches: the one generation path of the trainer's Sampler (azr.py) and eval.py
+
+def sample_texts(model, tokenizer, prompts, max_new_tokens, n, seed, batch_size, temperature=1.0, top_p=1.0,
+                 stop_ids=(), cache=None, sample_fn=None, desc="sampling", decoder=None):
+    """prompts: token-id lists -> for each prompt, n (tokens, text) pairs, the text decoded without special
+    tokens. The prompts go to `sample_fn` (default: generate) `batch_size` at a time in the order given; the
+    batch starting at prompt i is seeded with seed + i, so the same prompts, order and seed give the same
+    samples. `cache`: the KVCache to decode in (None: generate makes one per call); `decoder`: see generate.
+    A progress bar counts the sampled sequences."""
+    if sample_fn is None:
+        sample_fn = generate  # looked up at call time, so a test that replaces model.generate reaches here
+    results = []
+    with tqdm(total=len(prompts) * n, desc=desc, unit="seq", leave=False) as bar:
+        for start in range(0, len(prompts), batch_size):
+            samples = sample_fn(model, prompts[start:start + batch_size], max_new_tokens, temperature=temperature,
+                                top_p=top_p, stop_ids=stop_ids, n=n, seed=seed + start, cache=cache,
+                                decoder=decoder)
+            for group in samples:  # per prompt, n Samples
+                texts = []
+                for sample in group:
+                    texts.append((sample.tokens, tokenizer.decode(sample.tokens, skip_special_tokens=True)))
+                results.append(texts)
+            bar.update(len(samples) * n)
+    return results

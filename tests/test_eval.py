@@ -11,6 +11,8 @@ import types
 import pytest
 
 import eval as ev
+from evals import cruxeval, math_gsm8k
+from evals.common import SCRIPT_SANDBOX, start_sandbox
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
@@ -19,13 +21,13 @@ needs_crux = pytest.mark.skipif(not os.path.isfile(CRUX), reason="data/cruxeval-
 
 
 def run_eval(tmp_path, bench, data, generations, *extra):
-    """main() on a generations object written to a file; returns the results JSON read back."""
+    """main() on a generations object written to a file; returns the benchmark's entry of the report read back."""
     gen_path = tmp_path / "generations.json"
     gen_path.write_text(json.dumps(generations) if isinstance(generations, dict)
                         else "\n".join(json.dumps(g) for g in generations))
     out = tmp_path / "results.json"
     ev.main(["--bench", bench, "--data", data, "--generations", str(gen_path), "--out", str(out), *extra])
-    return json.loads(out.read_text())
+    return json.loads(out.read_text())["benchmarks"][bench]
 
 
 def read(path):
@@ -34,7 +36,7 @@ def read(path):
 
 @pytest.fixture(scope="module")
 def executor():
-    pool = ev.start_executor()
+    pool = start_sandbox(SCRIPT_SANDBOX)
     yield pool
     pool.close()
 
@@ -75,7 +77,7 @@ def test_pass_at_k_percent():
     ("\\frac{x+1}{2}", "(x+1)/2"), ("2 \\sqrt{3}", "2\\sqrt{3}"), ("3.", "3"),
 ])
 def test_math_equal(prediction, gold):
-    assert ev.math_equal(prediction, gold)
+    assert math_gsm8k.math_equal(prediction, gold)
 
 
 @pytest.mark.parametrize("prediction, gold", [
@@ -83,18 +85,18 @@ def test_math_equal(prediction, gold):
     ("\\frac{1}{2}", "2"), ("\\sqrt{3}", "\\sqrt{2}"), ("", "0"), ("12", "1,2"),
 ])
 def test_math_not_equal(prediction, gold):
-    assert not ev.math_equal(prediction, gold)
+    assert not math_gsm8k.math_equal(prediction, gold)
 
 
 def test_answer_extraction():
-    assert ev.last_boxed("a \\boxed{1} then \\boxed{\\frac{1}{\\sqrt{2}}} end") == "\\frac{1}{\\sqrt{2}}"
-    assert ev.last_boxed("\\boxed{x^{2}} and \\fbox{7}") == "7"
-    assert ev.last_boxed("so $\\boxed 5$.") == "5"
-    assert ev.last_boxed("\\boxed{unclosed") is None and ev.last_boxed("none") is None
-    assert ev.extract_math_answer("I get 3 then 1,200 in all", "gsm8k") == "1,200"
-    assert ev.extract_math_answer("work\n#### 72", "gsm8k") == "72"
-    assert ev.extract_math_answer("<think>7</think><answer>9</answer>", "math") == "9"
-    assert ev.gold_answer("gsm8k", {"answer": "3*400=1200\n#### 1,200"}) == "1,200"
+    assert math_gsm8k.last_boxed("a \\boxed{1} then \\boxed{\\frac{1}{\\sqrt{2}}} end") == "\\frac{1}{\\sqrt{2}}"
+    assert math_gsm8k.last_boxed("\\boxed{x^{2}} and \\fbox{7}") == "7"
+    assert math_gsm8k.last_boxed("so $\\boxed 5$.") == "5"
+    assert math_gsm8k.last_boxed("\\boxed{unclosed") is None and math_gsm8k.last_boxed("none") is None
+    assert math_gsm8k.extract_math_answer("I get 3 then 1,200 in all", "gsm8k") == "1,200"
+    assert math_gsm8k.extract_math_answer("work\n#### 72", "gsm8k") == "72"
+    assert math_gsm8k.extract_math_answer("<think>7</think><answer>9</answer>", "math") == "9"
+    assert math_gsm8k.gold_answer("gsm8k", {"answer": "3*400=1200\n#### 1,200"}) == "1,200"
 
 
 def test_math_and_gsm8k_scoring(tmp_path):
@@ -138,7 +140,7 @@ def test_cruxeval_official_rules(executor):
         "'bcksrut'",                         # wrong value
         "the answer is 'bcksrutq'",          # not Python: wrong, no crash
     ]}
-    scores = ev.score("cruxeval-o", {"sample_3": p}, outputs, executor)
+    scores = cruxeval.CRUXEVAL_O.score({"sample_3": p}, outputs, executor, None)["scores"]
     assert scores["sample_3"] == [True, False, True, False, False]
     inputs = {"sample_3": [
         "f('bcksrut', 'q')",                 # right
@@ -150,14 +152,15 @@ def test_cruxeval_official_rules(executor):
         "",                                  # empty: wrong
         "f(" + "'a', " * 3 + ")",            # raises (wrong arity): wrong
     ]}
-    scores = ev.score("cruxeval-i", {"sample_3": p}, inputs, executor)
+    scores = cruxeval.CRUXEVAL_I.score({"sample_3": p}, inputs, executor, None)["scores"]
     assert scores["sample_3"] == [True, True, True, False, False, False, False, False]
 
 
 @needs_crux
 def test_cruxeval_timeout_is_wrong(executor):
     problem = {"code": "def f(x):\n    while x:\n        pass\n    return x", "input": "0", "output": "0"}
-    assert ev.score("cruxeval-i", {"p": problem}, {"p": ["f(0)", "f(1)"]}, executor)["p"] == [True, False]
+    scores = cruxeval.CRUXEVAL_I.score({"p": problem}, {"p": ["f(0)", "f(1)"]}, executor, None)["scores"]
+    assert scores["p"] == [True, False]
 
 
 # ----------------------------------------------------------------------------------- HumanEval, MBPP
@@ -243,16 +246,16 @@ def response(tag, body):
 
 
 def test_responses_to_generations():
-    assert ev.to_generation("cruxeval-o", response("output", "[1, 2]")) == "[1, 2]"
-    assert ev.to_generation("cruxeval-i", response("input", "'ab', 3")) == "f(\n'ab', 3\n)"
+    assert ev.BENCHMARKS["cruxeval-o"].answer(response("output", "[1, 2]")) == "[1, 2]"
+    assert ev.BENCHMARKS["cruxeval-i"].answer(response("input", "'ab', 3")) == "f(\n'ab', 3\n)"
     # a trailing comment stays inside the call, as in the trainer's parser: it still runs
-    assert ev.to_generation("cruxeval-i", response("input", "'ab', 3  # two args")) == "f(\n'ab', 3  # two args\n)"
-    assert ev.to_generation("cruxeval-o", "no think close <answer>1</answer>") == ""  # malformed: wrong
-    assert ev.to_generation("cruxeval-i", response("input", "1), g(2")) == ""  # smuggled code: rejected
+    assert ev.BENCHMARKS["cruxeval-i"].answer(response("input", "'ab', 3  # two args")) == "f(\n'ab', 3  # two args\n)"
+    assert ev.BENCHMARKS["cruxeval-o"].answer("no think close <answer>1</answer>") == ""  # malformed: wrong
+    assert ev.BENCHMARKS["cruxeval-i"].answer(response("input", "1), g(2")) == ""  # smuggled code: rejected
     code = "def add(a, b):\n    return a + b\n"
-    assert ev.to_generation("humaneval", "x</think><answer>\n```python\n" + code + "```\n</answer>") == code
-    assert ev.to_generation("mbpp", "```python\nold\n```\n```py\n" + code + "```") == code  # no <answer>
-    assert ev.to_generation("math", "so \\boxed{2}") == "so \\boxed{2}"  # scored by extraction
+    assert ev.BENCHMARKS["humaneval"].answer("x</think><answer>\n```python\n" + code + "```\n</answer>") == code
+    assert ev.BENCHMARKS["mbpp"].answer("```python\nold\n```\n```py\n" + code + "```") == code  # no <answer>
+    assert ev.BENCHMARKS["math"].answer("so \\boxed{2}") == "so \\boxed{2}"  # scored by extraction
 
 
 class TextTokenizer:
@@ -283,7 +286,8 @@ def scripted_model(monkeypatch, answer_for):
     tokenizer = TextTokenizer()
     seen = []
 
-    def generate(model_, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None):
+    def generate(model_, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None,
+                 cache=None, decoder=None):
         texts = [tokenizer.decode(p) for p in prompts]
         seen.extend(texts)
         return [[types.SimpleNamespace(tokens=tokenizer.encode(answer_for(t)), logprobs=[])] * n for t in texts]
@@ -308,7 +312,7 @@ def test_generate_mode_with_right_answers(monkeypatch, tmp_path, bench):
     out = tmp_path / "out.json"
     ev.main(["--bench", bench, "--data", str(data), "--model", "scripted", "--n", "2",
              "--temperature", "1", "--batch-size", "3", "--out", str(out)])
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["benchmarks"][bench]
     assert result["pass@1"] == 100.0 and len(result["responses"]) == 10 and result["format_rate"] == 100.0
     assert len(seen) == 10 and all(s.endswith("Assistant: <think>") for s in seen)
     shown = "```input" if bench == "cruxeval-o" else "```output"  # deduction sees the input, abduction the output
@@ -320,12 +324,12 @@ def test_generate_mode_code_and_math(monkeypatch, tmp_path):
     scripted_model(monkeypatch, lambda prompt: next(
         response("python", p["prompt"] + p["canonical_solution"]) for p in problems if p["prompt"] in prompt))
     result = ev.main(["--bench", "humaneval", "--data", os.path.join(DATA, "humaneval-tiny.jsonl"), "--model", "s"])
-    assert result["pass@1"] == 100.0
+    assert result["benchmarks"]["humaneval"]["pass@1"] == 100.0
     golds = {"lowest terms": "\\dfrac12", "2x + 4": "3", "meets": "(1, 1)", "sqrt{12}": "2\\sqrt3"}
     scripted_model(monkeypatch, lambda prompt: next(
         f"so</think><answer>\\boxed{{{g}}}</answer>" for key, g in golds.items() if key in prompt))
     result = ev.main(["--bench", "math", "--data", os.path.join(DATA, "math-tiny.jsonl"), "--model", "s"])
-    assert result["pass@1"] == 100.0
+    assert result["benchmarks"]["math"]["pass@1"] == 100.0
 
 
 @needs_crux
@@ -345,7 +349,8 @@ def test_format_rate_and_recorded_chat_format(monkeypatch, tmp_path):
             return "no closing tag, <answer>" + problems[index]["output"] + "</answer>"
         return response("output", problems[index]["output"])
     seen = scripted_model(monkeypatch, answer_for)
-    result = ev.main(["--bench", "cruxeval-o", "--data", str(data), "--model", str(checkpoint)])
+    report = ev.main(["--bench", "cruxeval-o", "--data", str(data), "--model", str(checkpoint)])
+    result = report["benchmarks"]["cruxeval-o"]
     assert all(s.endswith("<|im_start|>assistant\n<think>") for s in seen)
     assert result["format_rate"] == 50.0 and result["pass@1"] == 50.0
     seen.clear()
@@ -362,7 +367,7 @@ def test_generate_mode_tiny_random_model(tiny_checkpoint, tmp_path):
     out = tmp_path / "out.json"
     ev.main(["--bench", "cruxeval-i", "--data", str(data), "--model", str(tiny_checkpoint), "--n", "2",
              "--temperature", "1", "--max-new-tokens", "6", "--device", "cpu", "--out", str(out)])
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["benchmarks"]["cruxeval-i"]
     assert result["pass@1"] == 0.0 and result["pass@5"] is None and result["format_rate"] == 0.0
     assert [len(r) for r in result["responses"].values()] == [2, 2, 2]
     assert all(s == [False, False] for s in result["scores"].values())

@@ -8,6 +8,8 @@ import shutil
 import pytest
 
 import eval as ev
+from evals import evalplus, livecodebench, math_sets
+from evals.common import AZR_SYSTEM
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
@@ -93,7 +95,7 @@ def test_humaneval_plus_oracles_and_failures(tmp_path):
 
 
 def test_evalplus_time_limit_from_the_reference_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(ev, "EVALPLUS_MIN_TIME_LIMIT_S", 0.5)  # so the test waits half a second, not ten
+    monkeypatch.setattr(evalplus, "EVALPLUS_MIN_TIME_LIMIT_S", 0.5)  # so the test waits half a second, not ten
     samples = [{"task_id": "HumanEval/0", "completion": "    while True:\n        pass\n"},
                {"task_id": "HumanEval/32", "completion": "    print('noise')\n    return 3.0 if len(xs) == 4 else -0.5\n"},
                {"task_id": "HumanEval/2", "completion": "    import time\n    time.sleep(0.1)\n    return list(range(0, n, 2))\n"}]
@@ -122,7 +124,7 @@ def test_mbpp_plus_all_reference_solutions_pass(tmp_path, monkeypatch):
     """All 378 problems, every base and plus input. EvalPlus' 60 s cap on one run is lifted: on a busy
     machine the slowest references (Mbpp/599: 25 CPU seconds) would otherwise time out; the cap itself is
     tested above on a fixture."""
-    monkeypatch.setattr(ev, "EVALPLUS_RUN_LIMIT_S", 500.0)
+    monkeypatch.setattr(evalplus, "EVALPLUS_RUN_LIMIT_S", 500.0)
     data = os.path.join(SHIPPED, "MbppPlus.jsonl")
     records = read(data)
     reference = [{"task_id": r["task_id"], "solution": r["prompt"] + r["canonical_solution"]} for r in records]
@@ -145,13 +147,13 @@ def test_mbpp_plus_all_reference_solutions_pass(tmp_path, monkeypatch):
 ])
 def test_evalplus_verdict_without_rebuilding_same_texts(expected, outputs, passed):
     problem = {"entry_point": "g", "atol": 0}
-    assert ev.evalplus_passed("mbpp+", problem, [[0], [0]], expected, outputs) is passed
+    assert evalplus.evalplus_passed("mbpp+", problem, [[0], [0]], expected, outputs) is passed
 
 
 def test_evalplus_same_nan_text_is_not_a_pass():
     problem = {"entry_point": "g", "atol": 0}
-    assert ev.evalplus_passed("mbpp+", problem, [[0]], ["nan"], ["nan"]) is False
-    assert ev.evalplus_passed("mbpp+", problem, [[0]], ["[1, 2]"], ["[1, 2]"]) is True
+    assert evalplus.evalplus_passed("mbpp+", problem, [[0]], ["nan"], ["nan"]) is False
+    assert evalplus.evalplus_passed("mbpp+", problem, [[0]], ["[1, 2]"], ["[1, 2]"]) is True
 
 
 def test_mbpp_input_shapes_reach_the_function(tmp_path):
@@ -202,7 +204,7 @@ def test_livecodebench_window_flags(tmp_path):
     ("6\n7\n", "6\n", False), ("1.5\n", "1.4999\n", False), ("abc\n", "ABC\n", False), ("", "0\n", False),
 ])
 def test_livecodebench_stdout_rule(output, expected, passed):
-    assert ev.lcb_stdout_passed(output, expected) == passed
+    assert livecodebench.lcb_stdout_passed(output, expected) == passed
 
 
 # ---------------------------------------------------------------------------------------------- math
@@ -212,7 +214,7 @@ MATH_SETS = {"aime24": "aime24.jsonl", "aime25": "aime25.jsonl", "amc23": "amc23
 
 
 def record_ids(bench, path):
-    return list(ev.load_problems(bench, path))
+    return list(ev.BENCHMARKS[bench].load(path, None))
 
 
 # The three large sets take minutes (math-verify gives up on some shifted answers only after its 5 s timeout).
@@ -226,9 +228,9 @@ def test_math_gold_answers_pass_and_shifted_answers_fail(tmp_path, bench):
     """\\boxed{gold} scores 100% on every set; the gold of the next problem scores only where the two golds
     are the same text (AMC23 and MATH500 repeat a few answers)."""
     path = os.path.join(SHIPPED, MATH_SETS[bench])
-    problems = ev.load_problems(bench, path)
+    problems = ev.BENCHMARKS[bench].load(path, None)
     ids = list(problems)
-    golds = [ev.math_gold(bench, problems[pid]) for pid in ids]
+    golds = [math_sets.math_gold(bench, problems[pid]) for pid in ids]
     assert all(golds)
     gold_answers = {pid: [f"<think>...</think><answer>\\boxed{{{gold}}}</answer>"] for pid, gold in zip(ids, golds)}
     assert score_file(tmp_path, bench, path, gold_answers)["pass@1"] == 100.0
@@ -266,7 +268,7 @@ def test_hostile_math_answer_is_wrong_not_hung(tmp_path):
     ("nothing at all", ""),
 ])
 def test_math_prediction_extraction(response, prediction):
-    assert ev.math_prediction(response) == prediction
+    assert math_sets.math_prediction(response) == prediction
 
 
 # --------------------------------------------------------------------------------------------- suite
@@ -323,18 +325,18 @@ def test_suite_with_a_model_and_limit(tmp_path, tiny_checkpoint, capsys):
 
 def test_prompts_follow_the_authors_scripts():
     problem = read(HUMANEVAL_PLUS)[0]
-    prompt = ev.evalplus_prompt(problem)
-    assert prompt.startswith(ev.AZR_SYSTEM + "Please provide an efficient and self-contained Python script")
+    prompt = evalplus.evalplus_prompt(problem)
+    assert prompt.startswith(AZR_SYSTEM + "Please provide an efficient and self-contained Python script")
     assert prompt.endswith("```\nAssistant: <think>\n```python\n")
-    assert ev.paper_generation("humaneval+", "def mean(xs):\n    return 1\nprint(mean([1]))\n```\ntrailing") == \
+    assert ev.BENCHMARKS["humaneval+"].answer("def mean(xs):\n    return 1\nprint(mean([1]))\n```\ntrailing") == \
         "def mean(xs):\n    return 1"
-    lcb = ev.load_livecodebench(LCB, ev.LCB_START, ev.LCB_END)
-    assert ev.lcb_prompt(lcb["3001"]).endswith("```\n\nAssistant: <think>")
-    assert "Read the inputs from stdin" in ev.lcb_prompt(lcb["abc001_a"])
-    assert ev.lcb_code("<answer>```python\nprint(1)\n```</answer>") == "print(1)\n"
-    assert ev.math_prompt("aime24", {"problem": "What is 6 times 7?", "answer": "42"}).endswith(
+    lcb = livecodebench.load_livecodebench(LCB, livecodebench.LCB_START, livecodebench.LCB_END)
+    assert livecodebench.lcb_prompt(lcb["3001"]).endswith("```\n\nAssistant: <think>")
+    assert "Read the inputs from stdin" in livecodebench.lcb_prompt(lcb["abc001_a"])
+    assert livecodebench.lcb_code("<answer>```python\nprint(1)\n```</answer>") == "print(1)\n"
+    assert math_sets.math_prompt("aime24", {"problem": "What is 6 times 7?", "answer": "42"}).endswith(
         "User: What is 6 times 7?\nAssistant:")
-    assert ev.math_question("amc23", {"question": "Is 2 prime?", "answer": "Yes"}) == "Is 2 prime? (Yes or No)"
+    assert math_sets.math_question("amc23", {"question": "Is 2 prime?", "answer": "Yes"}) == "Is 2 prime? (Yes or No)"
 
 
 @pytest.mark.parametrize("argv, message", [

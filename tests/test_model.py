@@ -379,6 +379,23 @@ def test_seed_determinism(llama):
     assert a == b and a != c
 
 
+def test_sample_texts_batches_seeds_and_decodes(llama):
+    """sample_texts is generate called batch by batch, each batch seeded with seed + the index of its first
+    prompt, every sample decoded; decoding in one reused KVCache gives the same samples."""
+    ours, _ = llama
+    tokenizer = tiny_tokenizer(TINY["vocab_size"])
+    prompts = random_prompts([3, 6, 4, 5, 2])
+    texts = M.sample_texts(ours, tokenizer, prompts, 8, n=2, seed=11, batch_size=2)
+    expected = []
+    for start, seed in ((0, 11), (2, 13), (4, 15)):
+        for group in M.generate(ours, prompts[start:start + 2], 8, n=2, seed=seed):
+            expected.append([(s.tokens, tokenizer.decode(s.tokens, skip_special_tokens=True)) for s in group])
+    assert texts == expected
+    assert len(texts) == 5 and all(len(group) == 2 and group[0][1].startswith("w") for group in texts)
+    cache = M.KVCache(ours.config, 4, 6 + 8, torch.float32, "cpu")
+    assert M.sample_texts(ours, tokenizer, prompts, 8, n=2, seed=11, batch_size=2, cache=cache) == texts
+
+
 def test_sampling_follows_tempered_distribution(llama):
     ours, _ = llama
     prompt = random_prompts([6])[0]
