@@ -25,6 +25,7 @@ Run:  python azr.py                                  (CPU preset + embedded Qwen
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import random
@@ -189,6 +190,14 @@ def check_config(cfg):
 
 
 # ----------------------------------------------------------------------------- distributed
+# How long a rank waits in a collective before the run is aborted (nccl's default is 10 minutes, gloo's
+# 30). Ranks legitimately wait for each other much longer than that: the rank with the most valid
+# proposals runs the learnability rollouts (up to 8096-token tails) while the others wait at the next
+# all-gather, the first decode of each shape captures a CUDA graph, and every rank waits while rank 0
+# writes a checkpoint of tens of GB. A rank that really hangs is then reported after two hours.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
+
+
 def setup_distributed(cfg):
     """-> rank, world size, device. torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; nccl on CUDA, gloo on CPU."""
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
@@ -200,7 +209,7 @@ def setup_distributed(cfg):
     else:
         device = torch.device("cpu")
     if (world > 1 or cfg.fsdp) and not dist.is_initialized():  # FSDP needs a process group even alone
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     if not dist.is_initialized():
         return 0, 1, device
     return dist.get_rank(), dist.get_world_size(), device
