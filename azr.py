@@ -269,23 +269,51 @@ def refresh_sampler_model(copy, model):
         targets[name].copy_(value)
 
 
-KV_CACHE_FREE_FRACTION = 0.5  # default share of the free GPU memory for the KV cache; the update needs the rest
+# Default share for the KV cache of the GPU memory that stays free once the update's own state exists;
+# the rest is for the update's transients (autocast's bf16 weight copies or FSDP's gathered blocks,
+# and the activations of a micro-batch).
+KV_CACHE_FREE_FRACTION = 0.5
 
 
-def sampler_cache(cfg, config, device):
+def pending_update_bytes(logprob_module, optimizer):
+    """Bytes the update will allocate and keep that are not allocated yet, which the KV cache must leave
+    free: AdamW's two moments of this rank's parameters (fp32, sharded by --zero and --fsdp) until the
+    first step or a resume creates them, and the gradients, which FSDP and a single process allocate
+    in the first backward (DDP's buckets, which hold them under DDP, exist once the model is wrapped)."""
+    local = optimizer.optim if isinstance(optimizer, ZeroRedundancyOptimizer) else optimizer  # this rank's shard
+    is_ddp = isinstance(logprob_module, torch.nn.parallel.DistributedDataParallel)
+    pending = 0
+    for group in local.param_groups:
+        for param in group["params"]:
+            shard = param.to_local() if isinstance(param, DTensor) else param
+            size = shard.numel() * shard.element_size()
+            if not local.state.get(param):
+                pending += 2 * size  # exp_avg, exp_avg_sq
+            if param.grad is None and not is_ddp:
+                pending += size
+    return pending
+
+
+def kv_cache_budget(cfg, device, pending_bytes):
+    """Bytes for the CUDA KV cache: --kv-cache-gib, else KV_CACHE_FREE_FRACTION of what is free now
+    (the model, its sampler copy and the optimizer set up) less `pending_bytes` (pending_update_bytes)."""
+    if cfg.kv_cache_gib > 0:
+        return cfg.kv_cache_gib * 2 ** 30
+    torch.cuda.empty_cache()  # blocks the allocator keeps from loading are free for the cache too
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    return KV_CACHE_FREE_FRACTION * max(0, free_bytes - pending_bytes)
+
+
+def sampler_cache(cfg, config, device, pending_bytes=0):
     """The run's KV cache, allocated once: rows of max_prompt_tokens + max_response_tokens slots. On
-    CUDA the rows are what the budget holds (--kv-cache-gib, else half the memory free now), at most
-    generation_batch_size; on CPU generation_batch_size rows. The n_solve_samples rollouts of one
-    prompt are decoded together, so the cache holds at least that many."""
+    CUDA the rows are what the budget holds (kv_cache_budget), at most generation_batch_size; on CPU
+    generation_batch_size rows. The n_solve_samples rollouts of one prompt are decoded together, so
+    the cache holds at least that many."""
     capacity = cfg.max_prompt_tokens + cfg.max_response_tokens
     if device.type != "cuda":
         rows = max(cfg.generation_batch_size, cfg.n_solve_samples)
         return KVCache(config, rows, capacity, torch.float32, device)
-    if cfg.kv_cache_gib > 0:
-        budget = cfg.kv_cache_gib * 2 ** 30
-    else:
-        free_bytes, _ = torch.cuda.mem_get_info(device)
-        budget = KV_CACHE_FREE_FRACTION * free_bytes
+    budget = kv_cache_budget(cfg, device, pending_bytes)
     row_bytes = capacity * KVCache.bytes_per_token(config, torch.bfloat16)
     rows = min(cfg.generation_batch_size, int(budget // row_bytes))
     if rows < cfg.n_solve_samples:
@@ -860,7 +888,7 @@ def train(cfg, sample_fn=generate):
     optimizer = make_optimizer(model, cfg, world)
     start_step = 0
     if cfg.resume:
-        start_step = rundir.load_checkpoint(cfg.out, logprob_module, optimizer, device)
+        start_step = rundir.load_checkpoint(cfg.out, model, logprob_module, optimizer)
         if rank == 0:
             rundir.drop_logs_after(cfg.out, start_step)
 
@@ -868,8 +896,9 @@ def train(cfg, sample_fn=generate):
     with Executor(workers=workers, timeout_s=cfg.exec_timeout_s, memory_mb=cfg.exec_memory_mb,
                   banned_modules=BANNED_MODULES, max_output_chars=cfg.max_output_chars) as pool:
         executor = TimedExecutor(pool, chunk=8 * workers)
-        cache = sampler_cache(cfg, model.config, device)
-        sampler = Sampler(sampler_model(model, device), tokenizer, cfg, device, cache, sample_fn)
+        sampler_weights = sampler_model(model, device)  # first, so the cache budget sees its memory in use
+        cache = sampler_cache(cfg, model.config, device, pending_update_bytes(logprob_module, optimizer))
+        sampler = Sampler(sampler_weights, tokenizer, cfg, device, cache, sample_fn)
         buffer_map = rundir.open_buffers(cfg, rank)
         if not rundir.has_seeds(cfg.out):
             seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log)
