@@ -296,17 +296,18 @@ def _decode_attention(q, k, v, mask):
 
 def _split_key_attention(q, k, v, mask, chunk):
     """Decode attention with the keys split into chunks of `chunk` (flash-decoding's idea, in plain
-    torch): the scores q k^T are one product tiled over all keys, the softmax runs over all of them in
-    fp32, and probabilities times values are one product per chunk (B * Hkv * L / chunk of them, so the
-    GPU is busy however few the rows), summed in fp32. Same shapes as _decode_attention; L a multiple
-    of `chunk`. Scores are rounded to q's dtype as in transformers' eager attention."""
+    torch): the scores q k^T are one product tiled over all keys, the softmax runs over all of them,
+    and probabilities times values are one product per chunk (B * Hkv * L / chunk of them, so the GPU
+    is busy however few the rows), then summed. Same shapes as _decode_attention; L a multiple of
+    `chunk`. Computed in fp32, as inside the fused kernels (in bf16 the result is 3x as far from the
+    exact one); the fp32 copies of keys and values cost little at the few rows this path serves."""
     B, Hkv, G, D = q.shape
     chunks = k.shape[2] // chunk
-    scores = torch.matmul(q, k.transpose(2, 3)).float() * D ** -0.5  # (B, Hkv, G, L)
-    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype)
+    scores = torch.matmul(q.float(), k.float().transpose(2, 3)) * D ** -0.5  # (B, Hkv, G, L)
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
     probs = probs.view(B, Hkv, G, chunks, chunk).transpose(2, 3)  # (B, Hkv, chunks, G, chunk)
-    partial = torch.matmul(probs, v.view(B, Hkv, chunks, chunk, D))  # (B, Hkv, chunks, G, D)
-    return partial.float().sum(2).to(v.dtype)
+    partial = torch.matmul(probs, v.float().view(B, Hkv, chunks, chunk, D))  # (B, Hkv, chunks, G, D)
+    return partial.sum(2).to(v.dtype)
 
 
 class Attention(nn.Module):
