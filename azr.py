@@ -898,6 +898,8 @@ def train(cfg, sample_fn=generate):
         executor = TimedExecutor(pool, chunk=8 * workers)
         sampler_weights = sampler_model(model, device)  # first, so the cache budget sees its memory in use
         cache = sampler_cache(cfg, model.config, device, pending_update_bytes(logprob_module, optimizer))
+        cache_bytes = cache.rows * cache.capacity * KVCache.bytes_per_token(model.config, cache.k[0].dtype)
+        log(f"KV cache: {cache.rows} rows of {cache.capacity} tokens, {cache_bytes / 2 ** 30:.2f} GiB")
         sampler = Sampler(sampler_weights, tokenizer, cfg, device, cache, sample_fn)
         buffer_map = rundir.open_buffers(cfg, rank)
         if not rundir.has_seeds(cfg.out):

@@ -286,9 +286,7 @@ def _decode_attention(q, k, v, mask):
     q (B, Hkv, G, D), k/v (B, Hkv, L, D), mask (B, 1, 1, L) bool -> (B, Hkv, G, D)."""
     if not q.is_cuda:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    blocks = q.shape[0] * q.shape[1]
-    length = k.shape[2]
-    if blocks < SPLIT_KEYS_MAX_BLOCKS and length >= SPLIT_KEYS_MIN_LENGTH and length % SPLIT_KEYS_CHUNK == 0:
+    if q.shape[0] * q.shape[1] < SPLIT_KEYS_MAX_BLOCKS and k.shape[2] >= SPLIT_KEYS_MIN_LENGTH:
         return _split_key_attention(q, k, v, mask, SPLIT_KEYS_CHUNK)
     with sdpa_kernel(DECODE_ATTENTION_KERNELS):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -298,16 +296,19 @@ def _split_key_attention(q, k, v, mask, chunk):
     """Decode attention with the keys split into chunks of `chunk` (flash-decoding's idea, in plain
     torch): the scores q k^T are one product tiled over all keys, the softmax runs over all of them,
     and probabilities times values are one product per chunk (B * Hkv * L / chunk of them, so the GPU
-    is busy however few the rows), then summed. Same shapes as _decode_attention; L a multiple of
-    `chunk`. Computed in fp32, as inside the fused kernels (in bf16 the result is 3x as far from the
-    exact one); the fp32 copies of keys and values cost little at the few rows this path serves."""
+    is busy however few the rows) plus one for the keys after the last whole chunk, then summed. Same
+    shapes as _decode_attention. Computed in fp32, as inside the fused kernels (in bf16 the result is
+    3x as far from the exact one); the fp32 copies of keys and values cost little at the few rows this
+    path serves."""
     B, Hkv, G, D = q.shape
-    chunks = k.shape[2] // chunk
+    whole = k.shape[2] // chunk * chunk  # keys in whole chunks
     scores = torch.matmul(q.float(), k.float().transpose(2, 3)) * D ** -0.5  # (B, Hkv, G, L)
     probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-    probs = probs.view(B, Hkv, G, chunks, chunk).transpose(2, 3)  # (B, Hkv, chunks, G, chunk)
-    partial = torch.matmul(probs, v.float().view(B, Hkv, chunks, chunk, D))  # (B, Hkv, chunks, G, D)
-    return partial.sum(2).to(v.dtype)
+    values = v.float()
+    chunked = probs[..., :whole].view(B, Hkv, G, whole // chunk, chunk).transpose(2, 3)  # (B, Hkv, chunks, G, chunk)
+    partial = torch.matmul(chunked, values[:, :, :whole].view(B, Hkv, whole // chunk, chunk, D))  # (B, Hkv, chunks, G, D)
+    rest = torch.matmul(probs[..., whole:], values[:, :, whole:])  # (B, Hkv, G, D)
+    return (partial.sum(2) + rest).to(v.dtype)
 
 
 class Attention(nn.Module):
