@@ -890,7 +890,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, s
                     row_ids = row_ids[keep]
                     positions = positions[keep]
                     token = token[keep]
-        length = min(_round_up(max(row_prompt_len) + step + 1, cache.length_bucket), cache.capacity)
+        length = max(row_prompt_len) + step + 1  # slots the longest row attends; _decode_logits pads it
         logits = _decode_logits(model, cache, token, positions, length)
         positions = positions + 1
     return out_tokens.cpu(), None if out_logprobs is None else out_logprobs.cpu()
