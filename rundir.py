@@ -229,16 +229,19 @@ def zero_shard_state(model, optimizer):
 
 
 def load_zero_shard_state(model, optimizer, path):
-    """Read this rank's parameters' AdamW state from a checkpoint written with zero_shard_state, onto
-    the CPU first (then AdamW moves it beside each parameter): only the local shard reaches the GPU."""
+    """Read the AdamW state of this rank's parameters (all of them for a plain AdamW, the local
+    partition for a ZeroRedundancyOptimizer) from a checkpoint written with zero_shard_state, onto the
+    CPU first (then AdamW moves it beside each parameter): only the local shard reaches the GPU. The
+    ranks ask for different entries; these are plain tensors, whose loading needs no collective per
+    entry."""
     names = {param: name for name, param in model.named_parameters()}
-    local = optimizer.optim
+    local = optimizer.optim if isinstance(optimizer, ZeroRedundancyOptimizer) else optimizer
     state = {}
     for group in local.param_groups:
         for param in group["params"]:
             state[names[param]] = {"step": torch.zeros(()), "exp_avg": torch.zeros(param.shape),
                                    "exp_avg_sq": torch.zeros(param.shape)}
-    dcp.load(state, checkpoint_id=path)
+    dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())
     local_state_dict = local.state_dict()  # the local optimizer's param groups, parameters by index
     index = 0
     for group in local.param_groups:
@@ -282,8 +285,9 @@ def load_checkpoint(run_dir, model, logprob_module, optimizer):
     """Restore the optimizer state, RNG states and step of the latest checkpoint (its weights are the
     model train() loaded); returns the step to continue from (0 without one). Optimizer state is read
     to the CPU and only this rank's part of it moves to the GPU: FSDP's dcp.load fills the local
-    shards in place, --zero reads its own parameters' entries, and a full optimizer.pt is loaded on
-    the CPU (a --zero run keeps its partition of it)."""
+    shards in place, a --zero checkpoint gives each rank its own parameters' entries (on any number
+    of ranks, one without --zero too), and a full optimizer.pt is loaded on the CPU (a --zero run
+    keeps its partition of it)."""
     path = os.path.join(run_dir, "checkpoint")
     if not os.path.isdir(path):
         return 0
@@ -291,7 +295,7 @@ def load_checkpoint(run_dir, model, logprob_module, optimizer):
         state = get_optimizer_state_dict(logprob_module, optimizer)
         dcp.load(state, checkpoint_id=os.path.join(path, "optimizer"))
         set_optimizer_state_dict(logprob_module, optimizer, state)
-    elif isinstance(optimizer, ZeroRedundancyOptimizer) and os.path.isdir(os.path.join(path, "optimizer")):
+    elif os.path.isdir(os.path.join(path, "optimizer")):  # written under --zero
         load_zero_shard_state(model, optimizer, os.path.join(path, "optimizer"))
     else:
         optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu"))

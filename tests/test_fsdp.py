@@ -254,9 +254,9 @@ def sharded_checkpoint_worker(rank, world, port, checkpoint, out, results):
         read = []
         real_load = rundir.dcp.load
 
-        def spy(state, checkpoint_id):
+        def spy(state, checkpoint_id, no_dist):
             read.extend((name, value.device.type) for name, entry in state.items() for value in entry.values())
-            real_load(state, checkpoint_id=checkpoint_id)
+            real_load(state, checkpoint_id=checkpoint_id, no_dist=no_dist)
 
         rundir.dcp.load = spy
         step = rundir.load_checkpoint(out, fresh, fresh_module, fresh_optimizer)
@@ -300,6 +300,13 @@ def test_sharded_checkpoints_touch_only_local_state(tiny_checkpoint, tmp_path):
             for key in ("exp_avg", "exp_avg_sq"):
                 assert torch.equal(result["restored"][name][key], state[key]), (name, key)
         assert any(state["exp_avg"].abs().sum() > 0 for state in result["saved"].values())
+    # the same checkpoint resumed in one process without --zero: every parameter's state, from both shards
+    model, _ = M.load_model(str(tiny_checkpoint))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    assert rundir.load_checkpoint(out, model, azr.TokenLogprobs(model), optimizer) == 1
+    for name, param in model.named_parameters():
+        saved = ranks[0]["saved"].get(name) or ranks[1]["saved"][name]
+        assert torch.equal(optimizer.state[param]["exp_avg_sq"], saved["exp_avg_sq"]), name
     assert ranks[1]["gathered"] is None  # FSDP: only rank 0 keeps a host copy of the gathered weights
     for name, param in initial.named_parameters():
         assert torch.equal(ranks[0]["gathered"][name], param), name
