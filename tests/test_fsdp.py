@@ -40,7 +40,7 @@ def one_update(checkpoint, rollouts, rank, world, fsdp):
     update = azr.policy_update(model, module, optimizer, rollouts[rank::world], cfg, rank, world,
                                torch.device("cpu"))
     azr.refresh_sampler_model(copy, model)
-    weights = {name: value.clone() for name, value in rundir.full_weights(model).items()}
+    weights = {name: value.clone() for name, value in rundir.gathered_parameters(model)}
     return weights, {name: p.clone() for name, p in copy.named_parameters()}, update["grad_norm"]
 
 
@@ -134,12 +134,12 @@ def resume_worker(rank, world, port, checkpoint, out, results):
         model, _ = M.load_model(os.path.join(out, "checkpoint"))
         module = azr.shard_model(azr.TokenLogprobs(model), torch.device("cpu"), world)
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-        step = rundir.load_checkpoint(out, module, optimizer, torch.device("cpu"))
+        step = rundir.load_checkpoint(out, model, module, optimizer)
         restored = optimizer_state(model, optimizer)
 
         cfg = azr.parse_config(["--resume", out, "--steps", "2"])
         trained, _ = azr.train(cfg, sample_fn=ScriptedSampler(tokenizer))
-        weights = rundir.full_weights(trained)
+        weights = dict(rundir.gathered_parameters(trained))
         torch.save({"saved": saved["optimizer"], "restored": restored, "step": step, "weights": weights},
                    os.path.join(results, f"rank{rank}.pt"))
     finally:
@@ -221,3 +221,92 @@ def test_fsdp_sampler_cache_too_small_is_an_error():
         M.generate(model, random_prompts([3, 4, 5]), 4, cache=cache)
     with pytest.raises(ValueError, match="do not fit a KV cache"):
         M.generate(model, random_prompts([14]), 4, cache=cache)
+
+
+# ----------------------------------------------------------------------------- sharded checkpoints without gathers
+def adamw_step(model, module, optimizer):
+    """One AdamW step on a fixed loss (every parameter gets a gradient, so every one gets state)."""
+    tokens = torch.randint(0, 49152, (2, 9), generator=torch.Generator().manual_seed(1))
+    module(tokens).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def sharded_checkpoint_worker(rank, world, port, checkpoint, out, results):
+    """--zero: pending bytes, save without consolidating, resume reading only this rank's entries to the
+    CPU; --fsdp: the gathered checkpoint copy exists on rank 0 only."""
+    init_rank(rank, world, port)
+    try:
+        model, tokenizer = M.load_model(str(checkpoint))
+        module = torch.nn.parallel.DistributedDataParallel(azr.TokenLogprobs(model))
+        optimizer = azr.make_optimizer(model, azr.Config(zero=True, lr=LR), world)
+        local_numel = sum(p.numel() for group in optimizer.optim.param_groups for p in group["params"])
+        pending_before = azr.pending_update_bytes(module, optimizer)
+        adamw_step(model, module, optimizer)
+        pending_after = azr.pending_update_bytes(module, optimizer)
+        rundir.save_checkpoint(out, model, module, tokenizer, "plain", optimizer, 1, rank)
+        saved = {name: {key: value.clone() for key, value in state.items()}
+                 for name, state in rundir.zero_shard_state(model, optimizer).items()}
+
+        fresh, _ = M.load_model(str(checkpoint))
+        fresh_module = torch.nn.parallel.DistributedDataParallel(azr.TokenLogprobs(fresh))
+        fresh_optimizer = azr.make_optimizer(fresh, azr.Config(zero=True, lr=LR), world)
+        read = []
+        real_load = rundir.dcp.load
+
+        def spy(state, checkpoint_id, no_dist):
+            read.extend((name, value.device.type) for name, entry in state.items() for value in entry.values())
+            real_load(state, checkpoint_id=checkpoint_id, no_dist=no_dist)
+
+        rundir.dcp.load = spy
+        step = rundir.load_checkpoint(out, fresh, fresh_module, fresh_optimizer)
+        rundir.dcp.load = real_load
+        restored = {name: {key: value.clone() for key, value in state.items()}
+                    for name, state in rundir.zero_shard_state(fresh, fresh_optimizer).items()}
+
+        sharded, _ = M.load_model(str(checkpoint))
+        sharded_module = azr.shard_model(azr.TokenLogprobs(sharded), torch.device("cpu"), world)
+        gathered = rundir.full_model(sharded, rank)
+        gathered_weights = None if gathered is None else {n: p.clone() for n, p in gathered.named_parameters()}
+        torch.save({"pending": (pending_before, pending_after, local_numel), "saved": saved, "restored": restored,
+                    "read": read, "step": step, "gathered": gathered_weights},
+                   os.path.join(results, f"rank{rank}.pt"))
+        del sharded_module
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sharded_checkpoints_touch_only_local_state(tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    port = 29500 + (os.getpid() + 19) % 1000
+    mp.spawn(sharded_checkpoint_worker, args=(2, port, str(tiny_checkpoint), str(out), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    assert os.path.isdir(out / "checkpoint" / "optimizer") and not os.path.exists(out / "checkpoint" / "optimizer.pt")
+    initial, _ = M.load_model(str(tiny_checkpoint))
+    all_names = {name for name, _ in initial.named_parameters()}
+    owned = [set(result["saved"]) for result in ranks]
+    assert owned[0] and owned[1] and not owned[0] & owned[1] and owned[0] | owned[1] == all_names
+    for result, mine in zip(ranks, owned):
+        pending_before, pending_after, local_numel = result["pending"]
+        assert pending_before == 8 * local_numel  # the shard's two fp32 moments; DDP's buckets hold the gradients
+        assert pending_after == 0
+        assert result["step"] == 1
+        assert {name for name, _ in result["read"]} == mine  # only this rank's entries are read ...
+        assert {device for _, device in result["read"]} == {"cpu"}  # ... into CPU tensors
+        for name, state in result["saved"].items():
+            assert float(state["step"]) == 1.0 == float(result["restored"][name]["step"])
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(result["restored"][name][key], state[key]), (name, key)
+        assert any(state["exp_avg"].abs().sum() > 0 for state in result["saved"].values())
+    # the same checkpoint resumed in one process without --zero: every parameter's state, from both shards
+    model, _ = M.load_model(str(tiny_checkpoint))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    assert rundir.load_checkpoint(out, model, azr.TokenLogprobs(model), optimizer) == 1
+    for name, param in model.named_parameters():
+        saved = ranks[0]["saved"].get(name) or ranks[1]["saved"][name]
+        assert torch.equal(optimizer.state[param]["exp_avg_sq"], saved["exp_avg_sq"]), name
+    assert ranks[1]["gathered"] is None  # FSDP: only rank 0 keeps a host copy of the gathered weights
+    for name, param in initial.named_parameters():
+        assert torch.equal(ranks[0]["gathered"][name], param), name
