@@ -14,7 +14,8 @@ of the base model (phases 1-2 without training). Then each step, for all three t
   5. solver tasks: batch_size per type, this step's new tasks first, topped up from the buffer;
   6. solve: one response per task, rewarded 1 if correct, else a penalty (eq. 6);
   7. TRR++: advantages normalised within each of the six (type, role) groups over all ranks (eq. 8);
-  8. update: one clipped AdamW step on the policy-gradient loss of all 6 x batch_size rollouts.
+  8. update: the 6 x batch_size rollouts cut into mini_batches slices, one AdamW step each on PPO's
+     clipped surrogate against pi_old (the authors' update: three steps, clip 0.2).
 
 The file reads top to bottom: config and CLI, distributed helpers, sampling, the self-play phases
 1-6, the update (phases 7-8), the loop. rundir.py owns what a run writes to disk.
@@ -119,10 +120,12 @@ class Config:
                                       "copy exists, less what the update will still allocate; unused on CPU)")
 
 
-# Sized so `python azr.py` trains Qwen2.5-Coder-0.5B-Instruct on a 2-core CPU for about an hour and the
-# model measurably improves (README "CPU run"). The learning rate is 10x the paper's because the run is
-# ~100x shorter; the warm-up keeps Adam's first steps (which move every weight by about lr) from
-# collapsing the response format, which a constant 5e-5 did in one step.
+# Sized so `python azr.py` trains Qwen2.5-Coder-0.5B-Instruct on a 2-core CPU for about an hour (README
+# "Learning on a CPU"). The learning rate is 5x the paper's because the run is ~100x shorter: three AdamW
+# steps of 5e-6 move each weight about 1.5e-5 per training step, near the 1e-5 single step that learned
+# the format without collapsing it (a constant 5e-5 collapsed it in one step); the warm-up keeps Adam's
+# first steps small. No entropy bonus: it would make the zero-advantage rollouts run in the update,
+# which is most of a CPU step.
 CPU_PRESET = dict(steps=6, checkpoint_every=2, batch_size=4, num_references=2, n_solve_samples=4,
                   seed_size=4, seed_max_rounds=2, max_prompt_tokens=1536, max_response_tokens=256,
                   exec_timeout_s=2.0, lr=5e-6, lr_warmup_steps=2, mini_batches=3, entropy_coef=0.0,
