@@ -12,7 +12,7 @@ from buffers import TASK_TYPES, TaskBuffer
 from test_model import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHES = ["sampler.py", "memory.py", "executor.py", "prompts.py", "gpu_check.py"]
+BENCHES = ["sampler.py", "memory.py", "executor.py", "prompts.py", "gpu_check.py", "step_profile.py"]
 
 
 def run_bench(name, *args, timeout=240):
@@ -101,3 +101,22 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     assert "run fsdp: steps [1, 2, 3], checkpoint at step 3" in text  # two steps, then resumed to the third
     assert "run plain: steps [1], checkpoint at step 1" in text
     assert "KV cache: " in text and "| 1 |" in text  # azr's cache line; bench/sampler.py's table
+
+
+@pytest.mark.slow
+def test_bench_step_profile_tiny_run(tiny_checkpoint):
+    """One self-play step of a tiny random model from the committed seed buffers: every phase of the
+    table is there, and the step's time is at least its parts'."""
+    out = run_bench("step_profile.py", "--model", tiny_checkpoint, "--seed-from", os.path.join(ROOT, "docs", "cpu-run"),
+                    "--limit-seconds", "0.2", "--set", "batch_size=2", "--set", "max_response_tokens=4",
+                    "--set", "n_solve_samples=2", timeout=600)
+    seconds = {}  # the table's rows: name (34 characters), then seconds (10)
+    for line in out.splitlines():
+        seconds[line[:34].strip()] = line[34:44]
+    for name in ("propose: prefill", "propose: decode", "propose (wall)", "solve: prefill", "solve: decode",
+                 "solve (wall)", "update: forward", "update: optimizer", "sampler refresh",
+                 "step (wall, without checkpoint)"):
+        assert name in seconds, (name, out)
+        seconds[name] = float(seconds[name])
+    parts = seconds["propose (wall)"] + seconds["solve (wall)"] + seconds["update: optimizer"]
+    assert seconds["step (wall, without checkpoint)"] >= parts > 0
