@@ -2,7 +2,9 @@
 
 Samples `--samples` responses per group at the rollout temperature from prompts built exactly as the
 trainer builds them (references and tasks from a run's seed buffers, never from an evaluation set),
-then parses and validates them with the trainer's own scoring. Prints a Markdown table.
+then parses and validates them with the trainer's own scoring. Prints a Markdown table. With
+--int8-decode the samples are decoded as the CPU trainer decodes them (model.int8_decoder), to compare
+with fp32 decoding at the same seed.
 
     python bench/prompts.py --seeds runs/default/seeds --model qwen2.5-coder-0.5b-instruct
 """
@@ -16,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import buffers  # noqa: E402
 from buffers import TASK_TYPES, TaskBuffer  # noqa: E402
 from executor import Executor  # noqa: E402
-from model import default_stop_ids, generate, load_model, recorded_prompt_format  # noqa: E402
+from model import default_stop_ids, generate, int8_decoder, load_model, recorded_prompt_format  # noqa: E402
 
 
 def task_texts(seed_buffers, task_type, role, count, num_references, rng):
@@ -47,6 +49,7 @@ def main():
     parser.add_argument("--num-references", type=int, default=2, help="K for the proposer prompts")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     parser.add_argument("--seed", type=int, default=0, help="seed of task drawing and sampling")
+    parser.add_argument("--int8-decode", action="store_true", help="decode with an int8 copy (prefill stays fp32)")
     args = parser.parse_args()
 
     seed_buffers = {}
@@ -69,8 +72,9 @@ def main():
             for text, _ in jobs:
                 prompts.append(buffers.encode_prompt(tokenizer, text, prompt_format))
     # one call for all six groups: on a CPU a decode step costs about the same for 16 rows as for 96
+    decoder = int8_decoder(model) if args.int8_decode else None
     samples = generate(model, prompts, args.max_new_tokens, temperature=args.temperature,
-                       stop_ids=default_stop_ids(tokenizer), seed=args.seed)
+                       stop_ids=default_stop_ids(tokenizer), seed=args.seed, decoder=decoder)
     texts = [tokenizer.decode(per_prompt[0].tokens, skip_special_tokens=True) for per_prompt in samples]
     rows = []
     with Executor(timeout_s=2.0) as executor:
@@ -91,7 +95,9 @@ def main():
             commonest = max(set(failures), key=failures.count) if failures else "-"
             mean_prompt = sum(len(p) for p in group_prompts) / len(group_prompts)
             rows.append((task_type, role, well_formed, valid, commonest, mean_prompt))
-    print(f"\n{args.model}, prompt format {prompt_format}, T={args.temperature}, {args.max_new_tokens} new tokens, "
+    decoding = "int8 decoding" if args.int8_decode else "fp32"
+    print(f"\n{args.model} ({decoding}), prompt format {prompt_format}, T={args.temperature}, "
+          f"{args.max_new_tokens} new tokens, "
           f"{args.samples} samples per group, tasks from {args.seeds}\n")
     print("| task type | role | well-formed | valid (proposer) / correct (solver) | commonest failure | prompt tokens |")
     print("|---|---|---:|---:|---|---:|")
