@@ -162,19 +162,78 @@ def test_every_flag_has_a_help_text(capsys):
     assert "(default:500;cpupreset:6)" in text  # --steps shows both defaults
 
 
+def one_line_error(argv, capsys):
+    """The error azr.main(argv) stops with: its exit message, or argparse's last line on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        azr.main(argv)
+    code = exit_info.value.code
+    assert code not in (0, None)
+    text = code if isinstance(code, str) else capsys.readouterr().err.strip().splitlines()[-1]
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "/nonexistent/model"], "not an HF checkpoint directory"),
+    (["--model", "/nonexistent/model"], "--model must be an HF checkpoint directory (with config.json)"),
     (["--prompt-format", "fancy"], "--prompt-format must be auto, chat or plain"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
     (["--out", "/proc/azr-run"], "cannot write to --out"),
     (["--resume", "/nonexistent/run"], "not a run directory"),
 ])
 def test_bad_input_fails_before_work(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        azr.main(argv)
-    code = exit_info.value.code
-    text = code if isinstance(code, str) else capsys.readouterr().err.strip().splitlines()[-1]
-    assert message in text and "\n" not in text
+    assert message in one_line_error(argv, capsys)
+
+
+# A value each flag must refuse. A field added to Config without an entry here, or without a check in
+# azr.ALLOWED, fails test_every_flag_is_checked. (mini_batches ... compute_dtype: the lead's update fields.)
+BAD_VALUES = {
+    "model": "/nonexistent/model", "prompt_format": "fancy", "device": "tpu", "preset": "tpu",
+    "out": "{a_file}", "resume": "/nonexistent/run", "seed_from": "/nonexistent/run", "plot": "/nonexistent/run",
+    "log": "mlflow", "seed": "x", "steps": "0", "checkpoint_every": "0", "samples_per_step": "-1",
+    "batch_size": "0", "num_references": "0", "n_solve_samples": "0", "seed_size": "0", "seed_max_rounds": "0",
+    "max_prompt_tokens": "0", "max_response_tokens": "-5", "temperature": "-2", "top_p": "1.5",
+    "format_penalty": "0.5", "wrong_penalty": "1", "invalid_penalty": "0.1", "unlearnable_penalty": "2",
+    "exec_timeout_s": "0", "exec_workers": "-1", "exec_memory_mb": "16", "max_output_chars": "0", "lr": "-1",
+    "lr_warmup_steps": "-1", "beta1": "1", "beta2": "-0.1", "weight_decay": "-0.1", "grad_clip": "0",
+    "micro_batch_size": "0", "mini_batches": "0", "clip_ratio": "0", "entropy_coef": "-0.1",
+    "compute_dtype": "float16", "generation_batch_size": "0", "activation_checkpointing": None, "zero": None,
+    "fsdp": None, "kv_cache_gib": "-1",
+}
+
+
+@pytest.mark.parametrize("name", [config_field.name for config_field in dataclasses.fields(azr.Config)])
+def test_every_flag_is_checked(name, tmp_path, monkeypatch, capsys):
+    """Each flag: its defaults pass; a bad value is a one-line error naming the flag, before any work."""
+    assert name in azr.ALLOWED and name in BAD_VALUES
+    allowed, test = azr.ALLOWED[name]
+    assert test(getattr(azr.Config(), name)) and test(azr.CPU_PRESET.get(name, getattr(azr.Config(), name)))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    flag = "--" + name.replace("_", "-")
+    if BAD_VALUES[name] is None:  # a switch: argparse refuses a value for it
+        argv = [f"{flag}=yes"]
+    else:
+        argv = [flag, BAD_VALUES[name].format(a_file=tmp_path / "a_file")]
+    text = one_line_error(argv, capsys)
+    assert flag in text, text
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # no run directory: nothing was started
+
+
+@pytest.mark.parametrize("value, message", [
+    ("-1", "--lr must be > 0, not -1.0"), ("nan", "--lr must be a finite number, not nan"),
+    ("inf", "--lr must be a finite number, not inf"), ("1e-5", None),
+])
+def test_learning_rate_range(value, message):
+    assert azr.check_config(azr.parse_config(["--lr", value])) == (message and "azr: " + message)
+
+
+def test_resumed_config_is_checked_too(tmp_path):
+    """A hand-edited config.json of a run is held to the same rules as the flags."""
+    (tmp_path / "config.json").write_text(json.dumps({"batch_size": "8", "steps": 10}))
+    assert azr.check_config(azr.parse_config(["--resume", str(tmp_path)])) == \
+        "azr: --batch-size must be an integer, not '8'"
+    (tmp_path / "config.json").write_text(json.dumps({"top_p": 0, "steps": 10}))
+    assert azr.check_config(azr.parse_config(["--resume", str(tmp_path)])) == "azr: --top-p must be in (0, 1], not 0"
 
 
 # ----------------------------------------------------------------------------- end to end
