@@ -1029,7 +1029,7 @@ def train(cfg, sample_fn=generate):
     return model, buffer_map
 
 
-def main(argv=None):
+def main(argv=None, sample_fn=generate):
     cfg = parse_config(argv)
     error = check_config(cfg)
     if error:
@@ -1037,7 +1037,7 @@ def main(argv=None):
     if cfg.plot:
         return rundir.plot_run(cfg.plot)
     try:
-        train(cfg)
+        train(cfg, sample_fn)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -47,8 +47,8 @@ class ScriptedSampler:
     answers, so every group has reward variance and a non-zero advantage.
     """
 
-    def __init__(self, tokenizer, kill_if=None):
-        self.tokenizer, self.counter, self.kill_if = tokenizer, 0, kill_if
+    def __init__(self, tokenizer, kill_if=None, kill_signal=signal.SIGKILL):
+        self.tokenizer, self.counter, self.kill_if, self.kill_signal = tokenizer, 0, kill_if, kill_signal
 
     def respond(self, prompt):
         self.counter += 1
@@ -71,8 +71,8 @@ class ScriptedSampler:
 
     def __call__(self, model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None,
                  cache=None):
-        if self.kill_if is not None and self.kill_if():
-            os.kill(os.getpid(), signal.SIGKILL)  # a run killed mid-step
+        while self.kill_if is not None and self.kill_if():
+            os.kill(os.getpid(), self.kill_signal)  # a run killed (or asked to stop) mid-step
         results = []
         for prompt in prompts:
             text = self.tokenizer.decode(prompt)
@@ -383,3 +383,114 @@ def test_resume_after_sigkill_loses_nothing(tiny_checkpoint, tmp_path):
         assert after[:len(before[task_type])] == before[task_type]
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
     assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
+
+
+# ----------------------------------------------------------------------------- stopping on SIGTERM
+class Times:
+    """True for the first `times` calls on which `condition()` holds, then False: that many signals, sent
+    one after the other (the scripted sampler signals while its kill_if holds)."""
+
+    def __init__(self, condition, times=1):
+        self.condition, self.left = condition, times
+
+    def __call__(self):
+        if self.left and self.condition():
+            self.left -= 1
+            return True
+        return False
+
+
+class StepOneLogged:
+    """True once step 1's metrics line is written; remembers the buffer sizes at that moment."""
+
+    def __init__(self, out):
+        self.out, self.sizes = out, None
+
+    def __call__(self):
+        if not os.path.isfile(os.path.join(self.out, "metrics.jsonl")):
+            return False
+        self.sizes = {t: len(read_jsonl(os.path.join(self.out, f"buffer_{t}.jsonl"))) for t in TASK_TYPES}
+        with open(os.path.join(self.out, "sizes_when_signalled.json"), "w") as f:
+            json.dump(self.sizes, f)
+        return True
+
+
+def signalled_run(checkpoint, out, when, times):
+    """A 3-step run (checkpoints every 10 steps: only the stop writes one) sent SIGTERM `times` times: in
+    step 2's solve phase, after its tasks joined the buffers ("after buffers"), or in its propose phase,
+    the first sampling after step 1 ("before buffers")."""
+    _, tokenizer = load_model(str(checkpoint))
+    condition = GrewDuringStepTwo(out) if when == "after buffers" else StepOneLogged(out)
+    sampler = ScriptedSampler(tokenizer, Times(condition, times), kill_signal=signal.SIGTERM)
+    azr.main(["--model", str(checkpoint), "--device", "cpu", "--out", str(out), "--steps", "3",
+              "--checkpoint-every", "10", "--batch-size", "4", "--num-references", "2", "--n-solve-samples", "4",
+              "--seed-size", "3", "--seed-max-rounds", "2", "--max-prompt-tokens", "2048",
+              "--max-response-tokens", "256", "--exec-timeout-s", "2", "--exec-workers", "2", "--lr", "1e-3",
+              "--micro-batch-size", "3", "--no-activation-checkpointing"], sample_fn=sampler)
+
+
+def run_signalled(checkpoint, out, when, times):
+    process = mp.get_context("spawn").Process(target=signalled_run, args=(str(checkpoint), str(out), when, times))
+    process.start()
+    process.join(timeout=300)
+    return process.exitcode
+
+
+def resume_to_step_three(checkpoint, out):
+    _, tokenizer = load_model(str(checkpoint))
+    _, buffer_map = azr.train(azr.parse_config(["--resume", str(out), "--steps", "3"]),
+                              sample_fn=ScriptedSampler(tokenizer))
+    return buffer_map
+
+
+def optimizer_steps(out):
+    """AdamW's own count of the updates behind the checkpoint (each parameter's state counts its steps)."""
+    state = torch.load(out / "checkpoint" / "optimizer.pt", weights_only=False)["state"]
+    return {int(param_state["step"]) for param_state in state.values()}
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_then_resume_continues(tiny_checkpoint, tmp_path):
+    """SIGTERM after step 2 changed the buffers: step 2 is finished and checkpointed, the run exits 128 + 15;
+    --resume runs step 3 only, so every step is logged once and AdamW counts 3 updates."""
+    out = tmp_path / "run"
+    assert run_signalled(tiny_checkpoint, out, "after buffers", times=1) == 128 + signal.SIGTERM
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 2
+    assert optimizer_steps(out) == {2}
+    before = {t: read_jsonl(out / f"buffer_{t}.jsonl") for t in TASK_TYPES}
+
+    buffer_map = resume_to_step_three(tiny_checkpoint, out)
+    for task_type in TASK_TYPES:
+        after = [vars(task) for task in buffer_map[task_type]]
+        assert after[:len(before[task_type])] == before[task_type]
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    samples_per_step = [sum(s["step"] == step for s in read_jsonl(out / "samples.jsonl")) for step in (1, 2, 3)]
+    assert samples_per_step[0] > 0 and len(set(samples_per_step)) == 1
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
+    assert optimizer_steps(out) == {3}
+
+
+@pytest.mark.slow
+def test_sigterm_before_the_buffers_change_gives_up_the_step(tiny_checkpoint, tmp_path):
+    """SIGTERM in step 2's propose phase: the step is given up at once (nothing of it reached the buffers),
+    step 1 is checkpointed, and --resume redoes step 2 whole."""
+    out = tmp_path / "run"
+    assert run_signalled(tiny_checkpoint, out, "before buffers", times=1) == 128 + signal.SIGTERM
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1]
+    sizes = json.loads((out / "sizes_when_signalled.json").read_text())
+    assert {t: len(read_jsonl(out / f"buffer_{t}.jsonl")) for t in TASK_TYPES} == sizes
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 1
+    assert optimizer_steps(out) == {1}
+
+    resume_to_step_three(tiny_checkpoint, out)
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    assert optimizer_steps(out) == {3}
+
+
+@pytest.mark.slow
+def test_second_sigterm_exits_at_once(tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    assert run_signalled(tiny_checkpoint, out, "before buffers", times=2) == -signal.SIGTERM
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1]
+    assert not os.path.exists(out / "checkpoint")  # every 10 steps: none yet, and the stop did not get to write one
