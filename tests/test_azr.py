@@ -4,6 +4,8 @@ import json
 import os
 import re
 import signal
+import sys
+import types
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM
 
 import azr
+import rundir
 from buffers import TASK_TYPES, TaskBuffer
 from model import Sample, load_model
 from trr import trr_advantages
@@ -494,3 +497,106 @@ def test_second_sigterm_exits_at_once(tiny_checkpoint, tmp_path):
     assert run_signalled(tiny_checkpoint, out, "before buffers", times=2) == -signal.SIGTERM
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1]
     assert not os.path.exists(out / "checkpoint")  # every 10 steps: none yet, and the stop did not get to write one
+
+
+def agreement_worker(rank, world, port, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        azr.STOP.signal = signal.SIGTERM if rank == 1 else None  # the signal reached rank 1 only
+        with open(os.path.join(results, f"rank{rank}.json"), "w") as f:
+            json.dump(azr.stop_requested(), f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_every_rank_agrees_to_stop(tmp_path):
+    mp.spawn(agreement_worker, args=(2, 29500 + (os.getpid() + 7) % 1000, str(tmp_path)), nprocs=2)
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)] == [True, True]
+
+
+# ----------------------------------------------------------------------------- --log tensorboard / wandb
+class FakeSummaryWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter: records what it is given."""
+    instances = []
+
+    def __init__(self, log_dir):
+        self.log_dir, self.scalars, self.texts, self.closed = log_dir, {}, {}, False
+        FakeSummaryWriter.instances.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars[(tag, step)] = value
+
+    def add_text(self, tag, text, step):
+        self.texts[(tag, step)] = text
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_log_tensorboard_gets_the_metrics_lines(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
+                        types.SimpleNamespace(SummaryWriter=FakeSummaryWriter))
+    FakeSummaryWriter.instances = []
+    cfg = tiny_config(tiny_checkpoint, tmp_path / "run", log="tensorboard")
+    assert azr.check_config(cfg) is None
+    _, tokenizer = load_model(str(tiny_checkpoint))
+    azr.train(cfg, sample_fn=ScriptedSampler(tokenizer))
+    [writer] = FakeSummaryWriter.instances
+    assert writer.log_dir == str(tmp_path / "run" / "tensorboard") and writer.closed
+    expected = {}
+    for line in read_jsonl(tmp_path / "run" / "metrics.jsonl"):
+        for key, value in line.items():
+            if key != "step" and value is not None:
+                expected[(key, line["step"])] = value
+    assert writer.scalars == expected
+    samples = read_jsonl(tmp_path / "run" / "samples.jsonl")
+    first = samples[0]
+    text = writer.texts[(f"samples/{first['task_type']}/{first['role']}", first["step"])]
+    assert f"reward {first['reward']:+.2f}" in text and first["response"].splitlines()[0] in text
+
+
+def test_log_wandb_with_a_fake_module(tmp_path, monkeypatch):
+    calls = []
+
+    class Run:
+        def log(self, values, step):
+            calls.append(("log", values, step))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    def init(**kwargs):
+        calls.append(("init", kwargs))
+        return Run()
+
+    def table(columns, data):
+        return {"columns": columns, "data": data}
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init, Table=table))
+    cfg = azr.Config(out=str(tmp_path), log="wandb")
+    assert azr.check_config(cfg) is None
+    metrics = {"step": 3, "deduction/solve/reward": 0.25, "deduction/solve/solve_rate": None, "grad_norm": 1.5}
+    samples = [{"step": 3, "task_type": "deduction", "role": "solve", "reward": 1.0, "response": "<answer>1</answer>"}]
+    for _ in range(2):  # a resumed run continues the same W&B run
+        log = rundir.open_external_log(cfg)
+        rundir.write_step_logs(str(tmp_path), metrics, samples, log)
+        log.close()
+    inits = [call[1] for call in calls if call[0] == "init"]
+    assert inits[0]["id"] == inits[1]["id"] and inits[0]["resume"] == "allow" and inits[0]["config"]["log"] == "wandb"
+    logged = [call for call in calls if call[0] == "log"]
+    assert logged[0][2] == 3
+    assert {k: v for k, v in logged[0][1].items() if k != "samples"} == {"deduction/solve/reward": 0.25,
+                                                                        "grad_norm": 1.5}
+    assert logged[0][1]["samples"]["data"] == [["deduction", "solve", 1.0, "<answer>1</answer>"]]
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [metrics, metrics]  # the record is written either way
+
+
+def test_log_without_its_package_is_a_one_line_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    assert azr.check_config(azr.Config(log="wandb")) == "azr: --log wandb needs its package: pip install wandb"
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    assert azr.check_config(azr.Config(log="tensorboard")) == \
+        "azr: --log tensorboard needs its package: pip install tensorboard"
