@@ -304,21 +304,27 @@ def _child_run(job):
     fallback = {k: v for k, v in {**SAFE_CALLS, **SAFE_NAMES}.items() if k not in g}
     limit = job["max_output_chars"]
     values = []
+    repeats = []
     for args_source in job["inputs"]:
         call = compile(f"f(\n{args_source}\n)", "<input>", "eval")
-        value = eval(call, g, fallback)
-        text = repr(value)
-        if job["op"] == "validate":  # the paper's determinism check: a second run in the same process, equal
-            again = eval(call, g, fallback)  # (the input is rebuilt: f may have mutated the first one)
-            if repr(again) != text or not again == value:
-                return {"status": "nondeterministic", "message": f"{_short(text, 200)} != {_short(repr(again), 200)}"}
-        if len(text) > limit:  # outputs too long to read back are not valid tasks
-            return {"status": "too_long", "message": f"repr has {len(text)} > {limit} chars"}
-        try:
-            values.append([text, _encode(value)])
-        except (ValueError, RecursionError):
-            values.append([text, ["opaque", text]])
-    return {"status": "ok", "output": values[0][0], "values": values}
+        # f runs twice on each input (the input rebuilt: f may have mutated it), in every job: the paper's
+        # determinism check compares the two runs of a validation, and a check must look the same to the
+        # program (the worker alone knows which it is).
+        for runs in (values, repeats):
+            value = eval(call, g, fallback)
+            text = repr(value)
+            if len(text) > limit:  # outputs too long to read back are not valid tasks
+                return {"status": "too_long", "message": f"repr has {len(text)} > {limit} chars"}
+            runs.append([text, _encoded(value, text)])
+    return {"status": "ok", "output": values[0][0], "values": values, "repeats": repeats}
+
+
+def _encoded(value, text):
+    """_encode(value), or the repr text as an opaque value where the value cannot be encoded."""
+    try:
+        return _encode(value)
+    except (ValueError, RecursionError):
+        return ["opaque", text]
 
 
 def _child_main(cfg, features, workdir, job_r, out_w, res_w):
@@ -899,10 +905,10 @@ def _is_plain_call(call, classes):
     return True
 
 
-def _decoded_values(reply, count, max_chars):
-    """[(repr text, value)] from a child's reply, or None if it is not what an honest child sends: `count`
-    entries, each a repr of at most max_chars characters and an encoding no bigger than such a repr allows."""
-    values = reply.get("values")
+def _decoded_values(values, count, max_chars):
+    """[(repr text, value)] from a child's reply's "values" or "repeats", or None if they are not what an honest
+    child sends: `count` entries, each a repr of at most max_chars characters and an encoding no bigger than such a
+    repr allows."""
     if not isinstance(values, list) or len(values) != count:
         return None
     decoded = []
@@ -929,7 +935,7 @@ def _equal(value, want):
 
 def _verdict(op, reply, expected, max_chars):
     """Reply dict for a check_* call whose child ended ok: does each value equal its expected output text?"""
-    got = _decoded_values(reply, len(expected), max_chars)
+    got = _decoded_values(reply.get("values"), len(expected), max_chars)
     if got is None:
         return {"status": "error", "message": "malformed reply from the sandbox"}
     output = "" if op == "check_program" else got[0][0]
@@ -939,6 +945,23 @@ def _verdict(op, reply, expected, max_chars):
             where = f"pair {i}: " if op == "check_program" else ""
             return {"status": "wrong", "output": output, "message": _short(f"{where}expected {want!r}, got {text}")}
     return {"status": "ok", "output": output, "message": ""}
+
+
+def _determinism_verdict(first, second, max_chars):
+    """Reply dict for a validation from the replies of its two sandboxed runs (each ok, each with f run twice on the
+    input): ok with the output if all four values agree (the same repr and ==), else nondeterministic."""
+    runs = []
+    for reply in (first, second):
+        for key in ("values", "repeats"):
+            decoded = _decoded_values(reply.get(key), 1, max_chars)
+            if decoded is None:
+                return {"status": "error", "message": "malformed reply from the sandbox"}
+            runs.append(decoded[0])
+    text, value = runs[0]
+    for other_text, other_value in runs[1:]:
+        if other_text != text or not _equal(other_value, value):
+            return {"status": "nondeterministic", "message": f"{_short(text, 200)} != {_short(other_text, 200)}"}
+    return {"status": "ok", "output": text, "message": ""}
 
 
 class ForkerLink:
@@ -1077,8 +1100,17 @@ def _handle(op, args, cfg, features, forker):
     error = _static_error(op, args[0], inputs, frozenset(cfg["banned"]))
     if error:
         return error
-    job = {"op": op, "program": args[0], "inputs": inputs, "max_output_chars": cfg["max_output_chars"]}
+    # The job names no op: a validation and a check of the same program and input send the child the same bytes.
+    kind = "run_script" if op == "run_script" else "call_f"
+    job = {"op": kind, "program": args[0], "inputs": inputs, "max_output_chars": cfg["max_output_chars"]}
     reply = _sandboxed(job, cfg, features, forker)
+    if reply["status"] == "ok" and op == "validate":
+        # Determinism without trusting the program: a second run in a second sandboxed process, which sees what
+        # the first saw and what any check sees, compared here.
+        second = _sandboxed(job, cfg, features, forker)
+        if second["status"] == "ok":
+            return _determinism_verdict(reply, second, cfg["max_output_chars"])
+        reply = second
     if reply["status"] != "ok" or op in ("validate", "run_script"):
         return {"status": reply["status"], "output": str(reply.get("output", "")),
                 "message": str(reply.get("message", ""))}
@@ -1091,7 +1123,10 @@ def _worker_main(config_json):
     _sys("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != cfg["trainer_pid"]:  # the trainer died before we could ask to follow it
         os._exit(0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the trainer, which then closes us
+    # Ctrl-C, and the SIGTERM a scheduler sends every process of a job it preempts, are for the trainer: it
+    # finishes its step with us (see azr.StopRequest), then closes us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.setrecursionlimit(10_000)  # decoding deeply nested values
     requests = os.dup(0)
     replies = os.dup(1)
@@ -1135,8 +1170,9 @@ class Executor:
 
     def __init__(self, workers=None, timeout_s=5.0, memory_mb=1024, banned_modules=BANNED_MODULES,
                  max_output_chars=1000, file_mb=16, max_processes=64, sandbox_uid=65534, namespaces=True):
-        """workers: processes (default: usable CPUs); timeout_s: wall clock per call (all its runs of f); memory_mb:
-        address space per program; file_mb: largest file and size of each scratch tmpfs; max_processes:
+        """workers: processes (default: usable CPUs); timeout_s: wall clock per sandboxed process (a check runs one,
+        a validation two); memory_mb: address space per program; file_mb: largest file and size of each scratch
+        tmpfs; max_processes:
         RLIMIT_NPROC per sandbox uid; sandbox_uid: when root, worker i of torchrun's local rank r runs programs as
         uid sandbox_uid - r * workers - i (one uid per worker on the node, so one worker's cleanup and process
         limit never touch another's); namespaces=False skips Linux namespaces, as on systems that forbid them."""
@@ -1202,7 +1238,8 @@ class Executor:
                         pending.appendleft((i, call))
                         idle.append(worker)
                     else:
-                        busy[worker] = (i, time.monotonic() + self.timeout_s + GRACE_S)
+                        runs = 2 if call[0] == "validate" else 1  # a validation runs two sandboxed processes
+                        busy[worker] = (i, time.monotonic() + runs * self.timeout_s + GRACE_S)
                         selector.register(self._procs[worker].stdout.fileno(), selectors.EVENT_READ, worker)
                 deadlines = [deadline for _, deadline in busy.values()]
                 wait = min(deadlines, default=0) - time.monotonic()
