@@ -1,5 +1,6 @@
 """Tests for executor.py (and executor_worker.py, sandbox.py behind it): one test per attack from the issue
-(each also checks that this process is unaffected), correctness of every operation on tricky values, run_batch ordering and worker replacement."""
+(each also checks that this process is unaffected), correctness of every operation on tricky values, run_batch
+ordering and worker replacement."""
 import ast
 import contextlib
 import os
