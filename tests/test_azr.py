@@ -510,6 +510,7 @@ def agreement_worker(rank, world, port, results):
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_every_rank_agrees_to_stop(tmp_path):
     mp.spawn(agreement_worker, args=(2, 29500 + (os.getpid() + 7) % 1000, str(tmp_path)), nprocs=2)
     assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)] == [True, True]
