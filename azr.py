@@ -28,8 +28,10 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -77,6 +79,8 @@ class Config:
     steps: int = option(500, "training steps")
     checkpoint_every: int = option(50, "write a checkpoint every this many steps, and after the last")
     samples_per_step: int = option(2, "decoded proposals and solutions per group written to samples.jsonl per step")
+    log: str = option("", "also send each step's metrics and samples to tensorboard or wandb (metrics.jsonl is "
+                          "always written)")
     # self-play
     batch_size: int = option(64, "rollouts per (task type, role) per step, across all ranks")
     num_references: int = option(6, "K: reference triplets shown to a deduction or abduction proposer")
@@ -179,25 +183,97 @@ def parse_config(argv=None):
     return Config(**known)
 
 
+def _is_run_dir_with_seeds(path):
+    return all(os.path.isfile(os.path.join(path, "seeds", f"{task_type}.jsonl")) for task_type in TASK_TYPES)
+
+
+# What each flag accepts, as (the allowed range in words, a test of the value). check_config applies it to
+# every Config field before any work, and tests/test_azr.py fails for a field that has no entry here.
+ALLOWED = {
+    "model": (f"an HF checkpoint directory (with config.json) or an embedded model ({', '.join(EMBEDDED_MODELS)})",
+              lambda v: v in EMBEDDED_MODELS or os.path.isfile(os.path.join(v, "config.json"))),
+    "prompt_format": ("auto, chat or plain", lambda v: v in ("auto",) + buffers.PROMPT_FORMATS),
+    "device": ("auto, cpu or cuda", lambda v: v in ("auto", "cpu", "cuda")),
+    "preset": ("auto, gpu or cpu", lambda v: v in ("auto", "gpu", "cpu")),
+    "out": ("a directory path, not a file", lambda v: not os.path.isfile(v)),
+    "resume": ("a run directory (with config.json)",
+               lambda v: v == "" or os.path.isfile(os.path.join(v, "config.json"))),
+    "seed_from": ("a run directory with seeds/deduction.jsonl, abduction.jsonl and induction.jsonl",
+                  lambda v: v == "" or _is_run_dir_with_seeds(v)),
+    "plot": ("a run directory with metrics.jsonl",
+             lambda v: v == "" or os.path.isfile(os.path.join(v, "metrics.jsonl"))),
+    "log": ("tensorboard or wandb (or empty: metrics.jsonl only)", lambda v: v in ("",) + rundir.LOGGERS),
+    "seed": ("an integer", lambda v: True),
+    "steps": (">= 1", lambda v: v >= 1),
+    "checkpoint_every": (">= 1", lambda v: v >= 1),
+    "samples_per_step": (">= 0", lambda v: v >= 0),
+    "batch_size": (">= 1", lambda v: v >= 1),
+    "num_references": (">= 1", lambda v: v >= 1),
+    "n_solve_samples": (">= 1", lambda v: v >= 1),
+    "seed_size": (">= 1", lambda v: v >= 1),
+    "seed_max_rounds": (">= 1", lambda v: v >= 1),
+    "max_prompt_tokens": (">= 1", lambda v: v >= 1),
+    "max_response_tokens": (">= 1", lambda v: v >= 1),
+    "temperature": (">= 0 (0: greedy)", lambda v: v >= 0),
+    "top_p": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "format_penalty": ("<= 0", lambda v: v <= 0),
+    "wrong_penalty": ("<= 0", lambda v: v <= 0),
+    "invalid_penalty": ("<= 0", lambda v: v <= 0),
+    "unlearnable_penalty": ("<= 0", lambda v: v <= 0),
+    "exec_timeout_s": ("> 0", lambda v: v > 0),
+    "exec_workers": (">= 0 (0: the node's cores shared among its ranks)", lambda v: v >= 0),
+    "exec_memory_mb": (">= 128", lambda v: v >= 128),
+    "max_output_chars": (">= 1", lambda v: v >= 1),
+    "lr": ("> 0", lambda v: v > 0),
+    "lr_warmup_steps": (">= 0", lambda v: v >= 0),
+    "beta1": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "beta2": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "grad_clip": ("> 0", lambda v: v > 0),
+    "micro_batch_size": (">= 1", lambda v: v >= 1),
+    "mini_batches": (">= 1", lambda v: v >= 1),
+    "clip_ratio": ("> 0", lambda v: v > 0),
+    "entropy_coef": (">= 0", lambda v: v >= 0),
+    "compute_dtype": ("auto, bfloat16 or float32", lambda v: v in ("auto", "bfloat16", "float32")),
+    "generation_batch_size": (">= 1", lambda v: v >= 1),
+    "activation_checkpointing": ("true or false", lambda v: True),
+    "int8_decode": ("true or false", lambda v: True),
+    "zero": ("true or false", lambda v: True),
+    "fsdp": ("true or false", lambda v: True),
+    "kv_cache_gib": (">= 0 (0: from the memory free once the update's state exists)", lambda v: v >= 0),
+}
+TYPE_WORDS = {str: "a string", int: "an integer", float: "a finite number", bool: "true or false"}
+
+
+def has_type(value, wanted):
+    """True if `value` (from the command line, or a resumed run's config.json) is of the field's type; an int
+    is a number, a bool is not."""
+    if wanted is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if wanted is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, wanted)
+
+
 def check_config(cfg):
-    """A one-line error for a flag that cannot work, before any work is done; None when all is well."""
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        return f"azr: --device must be auto, cpu or cuda, not {cfg.device!r}"
+    """A one-line error naming the flag and what it accepts, before any work is done; None when all is well.
+    Every field is checked against its type and ALLOWED, then the combinations and the machine."""
+    for config_field in dataclasses.fields(Config):
+        flag = "--" + config_field.name.replace("_", "-")
+        value = getattr(cfg, config_field.name)
+        if not has_type(value, config_field.type):
+            return f"azr: {flag} must be {TYPE_WORDS[config_field.type]}, not {value!r}"
+        allowed, test = ALLOWED[config_field.name]
+        if not test(value):
+            return f"azr: {flag} must be {allowed}, not {value!r}"
     if cfg.device == "cuda" and not torch.cuda.is_available():
         return "azr: --device cuda but CUDA is not available"
     if cfg.fsdp and cfg.zero:
         return "azr: --fsdp already shards the optimizer state; drop --zero"
     if cfg.fsdp and "MASTER_ADDR" not in os.environ:
         return "azr: --fsdp runs under torchrun, e.g. torchrun --nproc_per_node=8 azr.py --fsdp"
-    if cfg.model not in EMBEDDED_MODELS and not os.path.isfile(os.path.join(cfg.model, "config.json")):
-        return (f"azr: --model {cfg.model}: not an HF checkpoint directory (no config.json); "
-                f"pass one, or an embedded model: {', '.join(EMBEDDED_MODELS)}")
-    if cfg.prompt_format not in ("auto",) + buffers.PROMPT_FORMATS:
-        return f"azr: --prompt-format must be auto, chat or plain, not {cfg.prompt_format!r}"
-    if cfg.seed_from:
-        for task_type in TASK_TYPES:
-            if not os.path.isfile(os.path.join(cfg.seed_from, "seeds", f"{task_type}.jsonl")):
-                return f"azr: --seed-from {cfg.seed_from}: no seeds/{task_type}.jsonl there"
+    if cfg.log and not rundir.logger_installed(cfg.log):
+        return f"azr: --log {cfg.log} needs its package: {rundir.LOGGER_INSTALL[cfg.log]}"
     return None
 
 
@@ -242,6 +318,57 @@ def in_rank_order(lists_per_rank):
     for items in lists_per_rank:
         joined.extend(items)
     return joined
+
+
+# ----------------------------------------------------------------------------- stopping on a signal
+class StopRequest:
+    """SIGTERM (what SLURM and Kubernetes send a preempted job before they kill it) or SIGINT (Ctrl-C).
+    The first asks the run to stop at its next safe point: train() then writes a checkpoint, prints how to
+    resume and exits. A second exits at once, as SIGKILL would: the buffers are on disk entry by entry,
+    so that loses only the steps since the last checkpoint."""
+
+    def __init__(self):
+        self.signal = None  # the first signal's number, once one came
+        self.stopped = False  # train() stopped before its last step
+
+    def handle(self, signum, frame):
+        if self.signal is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signal = signum
+        # os.write, not print: the signal may have interrupted a print, which must not be re-entered
+        os.write(2, f"\nazr: {signal.Signals(signum).name}: stopping at the next safe point; "
+                    "send it again to exit now\n".encode())
+
+
+STOP = StopRequest()  # one per process, as signal handlers are
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGINT set STOP instead of ending the process, for as long as the run lasts."""
+    STOP.signal = None
+    STOP.stopped = False
+    previous = {signum: signal.signal(signum, STOP.handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stop_requested():
+    """A safe point: True on every rank if any rank got a signal (a collective, so all ranks call it at the
+    same points and agree; the signal may reach them at different moments, or one rank only)."""
+    return any(all_gather(STOP.signal is not None))
+
+
+def resume_command(out):
+    """How to continue this run, as the user would type it."""
+    if dist.is_initialized():
+        return f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', 1)} azr.py --resume {out}"
+    return f"python azr.py --resume {out}"
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -636,7 +763,7 @@ def solve(jobs_by_type, executor, sampler, rewards, seed):
 
 def collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world):
     """Phases 1-6 of one step for all three task types -> this rank's rollouts (proposers, then
-    solvers) and the sample responses to log."""
+    solvers) and the sample responses to log; None if a signal stopped the step before phase 4."""
     rewards = Rewards(format_error=cfg.format_penalty, wrong=cfg.wrong_penalty, invalid=cfg.invalid_penalty,
                       unlearnable=cfg.unlearnable_penalty)
     rng = random.Random(f"{cfg.seed}-step-{step}")  # same on every rank: same references and tasks
@@ -644,8 +771,14 @@ def collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world):
     for task_type in TASK_TYPES:
         jobs[task_type] = proposer_jobs(buffer_map, task_type, cfg.batch_size, rng, sampler, cfg.num_references)
     proposer_rollouts = propose(jobs, sampler, sampling_seed(cfg, step, rank, "propose"), rank, world)
+    # Safe points: until phase 4 nothing of the step is in the buffers, so on a signal the step can be
+    # given up here and --resume redoes it whole.
+    if stop_requested():
+        return None
     validate(proposer_rollouts, executor)
     estimate_learnability(proposer_rollouts, executor, sampler, cfg, sampling_seed(cfg, step, rank, "learn"))
+    if stop_requested():
+        return None
     rollouts = []
     for task_type, type_rollouts in proposer_rollouts.items():
         for rollout in type_rollouts:
@@ -676,7 +809,8 @@ def sample_records(rollouts, step, per_group):
 def seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log):
     """Before the first step, fill the buffers with valid proposals of the base model (phases 1-2, no
     learnability filter, no training): first the triplet buffers (deduction and abduction proposals
-    both feed both, so they start from the same seed set), then induction tasks for their programs."""
+    both feed both, so they start from the same seed set), then induction tasks for their programs.
+    -> False if a signal stopped it after a round (see StopRequest), else True."""
     for phase, task_types in (("triplets", ("deduction", "abduction")), ("induction", ("induction",))):
         for round_index in range(cfg.seed_max_rounds):
             if all(len(buffer_map[t]) >= cfg.seed_size for t in task_types):
@@ -700,6 +834,9 @@ def seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log):
                         buffer_map[task_type].add(task)
             sizes = ", ".join(f"{len(buffer_map[t])} {t}" for t in task_types)
             log(f"seed round {round_index + 1}: {sizes}")
+            if stop_requested():  # --resume seeds on from these buffers
+                return False
+    return True
 
 
 # ----------------------------------------------------------------------------- the update: phases 7-8
@@ -917,13 +1054,16 @@ def policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, 
 
 # ----------------------------------------------------------------------------- the loop
 def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor, sampler, cfg, rank, world, device,
-                   log):
+                   log, external_log):
     """One training step: phases 1-6 (rollouts of all six groups), phases 7-8 (one update), then rank 0
-    writes metrics and samples, and every checkpoint_every steps all ranks save a checkpoint."""
+    writes metrics and samples. -> False if a signal stopped it before it changed anything, else True."""
     sampler.tokens = 0
     sampler.seconds = 0.0
     executor.seconds = 0.0
-    rollouts, samples = collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world)
+    collected = collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world)
+    if collected is None:
+        return False
+    rollouts, samples = collected
     update_started = time.time()
     for param_group in optimizer.param_groups:
         param_group["lr"] = learning_rate(cfg, step)
@@ -946,11 +1086,9 @@ def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor,
         metrics["time/sampling"] = sampler.seconds
         metrics["time/execution"] = executor.seconds
         metrics["time/update"] = update_seconds
-        rundir.write_step_logs(cfg.out, metrics, samples)
+        rundir.write_step_logs(cfg.out, metrics, samples, external_log)
         log(rundir.step_summary(metrics, cfg.steps))
-    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-        rundir.save_checkpoint(cfg.out, model, logprob_module, sampler.tokenizer, cfg.prompt_format, optimizer,
-                               step + 1, rank)
+    return True
 
 
 def executor_workers(cfg):
@@ -963,7 +1101,8 @@ def executor_workers(cfg):
 
 
 def train(cfg, sample_fn=generate):
-    """The whole run: set up, seed the buffers (unless the run directory has seeds), then the steps.
+    """The whole run: set up, seed the buffers (unless the run directory has seeds), then the steps, with
+    a checkpoint every checkpoint_every steps, after the last, and when a signal stops the run (STOP).
     -> the trained model and the buffers."""
     rank, world, device = setup_distributed(cfg)
 
@@ -1012,30 +1151,51 @@ def train(cfg, sample_fn=generate):
         log(f"KV cache: {cache.rows} rows of {cache.capacity} tokens, {cache_bytes / 2 ** 30:.2f} GiB")
         sampler = Sampler(copy, tokenizer, cfg, device, cache, sample_fn, sampler_decoder(copy, cfg, device))
         buffer_map = rundir.open_buffers(cfg, rank)
-        if not rundir.has_seeds(cfg.out):
-            seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log)
-            if rank == 0:
-                rundir.save_seeds(cfg.out, buffer_map)
-        for step in range(start_step, cfg.steps):
-            self_play_step(step, model, logprob_module, optimizer, buffer_map, executor, sampler, cfg, rank, world,
-                           device, log)
+        external_log = rundir.open_external_log(cfg) if rank == 0 else None
+        with stop_on_signals():
+            steps_done = start_step
+            if not rundir.has_seeds(cfg.out):
+                STOP.stopped = not seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log)
+                if rank == 0 and not STOP.stopped:
+                    rundir.save_seeds(cfg.out, buffer_map)
+            checkpointed = start_step
+            for step in range(start_step, cfg.steps):
+                if STOP.stopped:
+                    break
+                if self_play_step(step, model, logprob_module, optimizer, buffer_map, executor, sampler, cfg, rank,
+                                  world, device, log, external_log):
+                    steps_done = step + 1
+                STOP.stopped = stop_requested() and steps_done < cfg.steps
+                due = STOP.stopped or steps_done % cfg.checkpoint_every == 0 or steps_done == cfg.steps
+                if due and steps_done > checkpointed:
+                    rundir.save_checkpoint(cfg.out, model, logprob_module, sampler.tokenizer, cfg.prompt_format,
+                                           optimizer, steps_done, rank)
+                    checkpointed = steps_done
+        if external_log is not None:
+            external_log.close()
+    if STOP.stopped:
+        where = f"after step {steps_done} of {cfg.steps}" if rundir.has_seeds(cfg.out) else "while seeding"
+        log(f"azr: stopped by {signal.Signals(STOP.signal).name} {where}; the checkpoint and buffers are in "
+            f"{cfg.out}. Resume with: {resume_command(cfg.out)}")
     if dist.is_initialized():
         dist.barrier()
     return model, buffer_map
 
 
-def main(argv=None):
+def main(argv=None, sample_fn=generate):
     cfg = parse_config(argv)
-    if cfg.plot:
-        return rundir.plot_run(cfg.plot)
     error = check_config(cfg)
     if error:
         sys.exit(error)
+    if cfg.plot:
+        return rundir.plot_run(cfg.plot)
     try:
-        train(cfg)
+        train(cfg, sample_fn)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    if STOP.stopped:
+        sys.exit(128 + STOP.signal)  # as a shell reports a process ended by the signal: the run is not done
 
 
 if __name__ == "__main__":

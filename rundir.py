@@ -6,16 +6,19 @@
     RUN/metrics.jsonl, samples.jsonl    one metrics line per step; a few decoded responses per group
     RUN/checkpoint/                     HF checkpoint directory + optimizer state, RNG states and step
     RUN/metrics.png                     `python azr.py --plot RUN`
+    RUN/tensorboard/, RUN/wandb/         with --log tensorboard / --log wandb: the same metrics and samples
 
 azr.py calls these functions; nothing here samples or trains. Rank 0 writes; under --fsdp and --zero
 every rank takes part in saving and loading the sharded optimizer state.
 """
 import contextlib
 import dataclasses
+import importlib
 import json
 import math
 import os
 import random
+import secrets
 import shutil
 import sys
 import tempfile
@@ -131,11 +134,103 @@ def write_json_line(path, record):
         f.write(json.dumps(record) + "\n")
 
 
-def write_step_logs(run_dir, metrics, samples):
-    """Append the step's metrics line and its sample responses."""
+def write_step_logs(run_dir, metrics, samples, external_log=None):
+    """Append the step's metrics line and its sample responses; then send them to --log's logger too."""
     write_json_line(os.path.join(run_dir, "metrics.jsonl"), metrics)
     for sample in samples:
         write_json_line(os.path.join(run_dir, "samples.jsonl"), sample)
+    if external_log is not None:
+        external_log.log_step(metrics, samples)
+
+
+# ----------------------------------------------------------------------------- --log tensorboard / wandb
+# Optional: neither package is a dependency. Each is imported only when --log names it, and
+# metrics.jsonl stays the record (--plot and --resume read it, never these).
+LOGGERS = ("tensorboard", "wandb")
+LOGGER_MODULES = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb"}  # torch's needs tensorboard
+LOGGER_INSTALL = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb"}
+
+
+def logger_installed(name):
+    """True if --log `name` can import what it needs."""
+    try:
+        importlib.import_module(LOGGER_MODULES[name])
+    except ImportError:
+        return False
+    return True
+
+
+def step_scalars(metrics):
+    """The numbers of a metrics.jsonl line, without the step itself and the unmeasured (None) ones."""
+    scalars = {}
+    for key, value in metrics.items():
+        if key != "step" and isinstance(value, (int, float)):
+            scalars[key] = value
+    return scalars
+
+
+def sample_text(samples):
+    """{"<type>/<role>": markdown} of a step's sample responses: the reward, then the response as a code
+    block (indented, so its own markdown is shown as written)."""
+    texts = {}
+    for sample in samples:
+        name = f"{sample['task_type']}/{sample['role']}"
+        response = "\n".join("    " + line for line in sample["response"].splitlines())
+        texts.setdefault(name, []).append(f"reward {sample['reward']:+.2f}\n\n{response}")
+    return {name: "\n\n---\n\n".join(parts) for name, parts in texts.items()}
+
+
+class TensorBoardLog:
+    """Scalars under their metrics.jsonl names, samples as text per group, in RUN/tensorboard."""
+
+    def __init__(self, cfg):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=os.path.join(cfg.out, "tensorboard"))
+
+    def log_step(self, metrics, samples):
+        for key, value in step_scalars(metrics).items():
+            self.writer.add_scalar(key, value, metrics["step"])
+        for name, text in sample_text(samples).items():
+            self.writer.add_text(f"samples/{name}", text, metrics["step"])
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+class WandbLog:
+    """Scalars under their metrics.jsonl names and a table of the step's samples, in one W&B run per run
+    directory: its id is kept in RUN/wandb-id, so --resume continues the same W&B run."""
+
+    def __init__(self, cfg):
+        import wandb
+        self.wandb = wandb
+        id_path = os.path.join(cfg.out, "wandb-id")
+        if not os.path.isfile(id_path):
+            with open(id_path, "w") as f:
+                f.write(secrets.token_hex(4))
+        with open(id_path) as f:
+            run_id = f.read().strip()
+        self.run = wandb.init(project="azr", name=os.path.basename(os.path.abspath(cfg.out)), id=run_id,
+                              resume="allow", dir=cfg.out, config=dataclasses.asdict(cfg))
+
+    def log_step(self, metrics, samples):
+        values = step_scalars(metrics)
+        rows = [[s["task_type"], s["role"], s["reward"], s["response"]] for s in samples]
+        values["samples"] = self.wandb.Table(columns=["task_type", "role", "reward", "response"], data=rows)
+        self.run.log(values, step=metrics["step"])
+
+    def close(self):
+        self.run.finish()
+
+
+def open_external_log(cfg):
+    """--log's logger (rank 0 only), or None without --log."""
+    if cfg.log == "tensorboard":
+        return TensorBoardLog(cfg)
+    if cfg.log == "wandb":
+        return WandbLog(cfg)
+    return None
 
 
 def read_json_lines(path):

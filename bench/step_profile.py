@@ -119,8 +119,19 @@ def instrument(profile, azr, model_module):
         timed(profile, azr.Sampler, "refresh", lambda a, k, r: ("sampler refresh", 0))
     else:
         timed(profile, azr, "refresh_sampler_model", lambda a, k, r: ("sampler refresh", 0))
-    timed(profile, azr, "self_play_step", lambda a, k, r: ("step (wall)", 0))
     timed(profile, azr.rundir, "save_checkpoint", lambda a, k, r: ("checkpoint", 0))
+    original_step = azr.self_play_step
+
+    def step(*args, **kwargs):
+        """The step's wall time less any checkpoint written inside it (older trees checkpoint there)."""
+        checkpoint_before = profile.seconds.get("checkpoint", 0.0)
+        start = time.perf_counter()
+        result = original_step(*args, **kwargs)
+        checkpoint_inside = profile.seconds.get("checkpoint", 0.0) - checkpoint_before
+        profile.add("step (wall, without checkpoint)", time.perf_counter() - start - checkpoint_inside)
+        return result
+
+    azr.self_play_step = step
 
 
 # ----------------------------------------------------------------------------- one run
@@ -186,7 +197,7 @@ def table_rows(result):
     update_total = seconds.pop("update: total", 0.0)
     backward = update_total - seconds.get("update: forward", 0.0) - seconds.get("update: optimizer", 0.0)
     seconds["update: backward (+ clip)"] = backward
-    step = seconds.pop("step (wall)", 0.0) - seconds.pop("checkpoint", 0.0)
+    step = seconds.pop("step (wall, without checkpoint)", 0.0)
     rows = []
     for phase in ROW_ORDER:
         for part in ("prefill", "decode", "execution"):

@@ -4,6 +4,8 @@ import json
 import os
 import re
 import signal
+import sys
+import types
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM
 
 import azr
+import rundir
 from buffers import TASK_TYPES, TaskBuffer
 from model import ModelConfig, Sample, Transformer, load_model
 from trr import trr_advantages
@@ -47,8 +50,8 @@ class ScriptedSampler:
     answers, so every group has reward variance and a non-zero advantage.
     """
 
-    def __init__(self, tokenizer, kill_if=None):
-        self.tokenizer, self.counter, self.kill_if = tokenizer, 0, kill_if
+    def __init__(self, tokenizer, kill_if=None, kill_signal=signal.SIGKILL):
+        self.tokenizer, self.counter, self.kill_if, self.kill_signal = tokenizer, 0, kill_if, kill_signal
 
     def respond(self, prompt):
         self.counter += 1
@@ -71,8 +74,8 @@ class ScriptedSampler:
 
     def __call__(self, model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, stop_ids=(), n=1, seed=None,
                  cache=None, decoder=None):
-        if self.kill_if is not None and self.kill_if():
-            os.kill(os.getpid(), signal.SIGKILL)  # a run killed mid-step
+        while self.kill_if is not None and self.kill_if():
+            os.kill(os.getpid(), self.kill_signal)  # a run killed (or asked to stop) mid-step
         results = []
         for prompt in prompts:
             text = self.tokenizer.decode(prompt)
@@ -162,19 +165,79 @@ def test_every_flag_has_a_help_text(capsys):
     assert "(default:500;cpupreset:6)" in text  # --steps shows both defaults
 
 
+def one_line_error(argv, capsys):
+    """The error azr.main(argv) stops with: its exit message, or argparse's last line on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        azr.main(argv)
+    code = exit_info.value.code
+    assert code not in (0, None)
+    text = code if isinstance(code, str) else capsys.readouterr().err.strip().splitlines()[-1]
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "/nonexistent/model"], "not an HF checkpoint directory"),
+    (["--model", "/nonexistent/model"], "--model must be an HF checkpoint directory (with config.json)"),
     (["--prompt-format", "fancy"], "--prompt-format must be auto, chat or plain"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
     (["--out", "/proc/azr-run"], "cannot write to --out"),
     (["--resume", "/nonexistent/run"], "not a run directory"),
 ])
 def test_bad_input_fails_before_work(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        azr.main(argv)
-    code = exit_info.value.code
-    text = code if isinstance(code, str) else capsys.readouterr().err.strip().splitlines()[-1]
-    assert message in text and "\n" not in text
+    assert message in one_line_error(argv, capsys)
+
+
+# A value each flag must refuse. A field added to Config without an entry here, or without a check in
+# azr.ALLOWED, fails test_every_flag_is_checked. (mini_batches ... compute_dtype: the lead's update fields.)
+BAD_VALUES = {
+    "model": "/nonexistent/model", "prompt_format": "fancy", "device": "tpu", "preset": "tpu",
+    "out": "{a_file}", "resume": "/nonexistent/run", "seed_from": "/nonexistent/run", "plot": "/nonexistent/run",
+    "log": "mlflow", "seed": "x", "steps": "0", "checkpoint_every": "0", "samples_per_step": "-1",
+    "batch_size": "0", "num_references": "0", "n_solve_samples": "0", "seed_size": "0", "seed_max_rounds": "0",
+    "max_prompt_tokens": "0", "max_response_tokens": "-5", "temperature": "-2", "top_p": "1.5",
+    "format_penalty": "0.5", "wrong_penalty": "1", "invalid_penalty": "0.1", "unlearnable_penalty": "2",
+    "exec_timeout_s": "0", "exec_workers": "-1", "exec_memory_mb": "16", "max_output_chars": "0", "lr": "-1",
+    "lr_warmup_steps": "-1", "beta1": "1", "beta2": "-0.1", "weight_decay": "-0.1", "grad_clip": "0",
+    "micro_batch_size": "0", "mini_batches": "0", "clip_ratio": "0", "entropy_coef": "-0.1",
+    "compute_dtype": "float16", "generation_batch_size": "0", "activation_checkpointing": None, "int8_decode": None,
+    "zero": None,
+    "fsdp": None, "kv_cache_gib": "-1",
+}
+
+
+@pytest.mark.parametrize("name", [config_field.name for config_field in dataclasses.fields(azr.Config)])
+def test_every_flag_is_checked(name, tmp_path, monkeypatch, capsys):
+    """Each flag: its defaults pass; a bad value is a one-line error naming the flag, before any work."""
+    assert name in azr.ALLOWED and name in BAD_VALUES
+    allowed, test = azr.ALLOWED[name]
+    assert test(getattr(azr.Config(), name)) and test(azr.CPU_PRESET.get(name, getattr(azr.Config(), name)))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    flag = "--" + name.replace("_", "-")
+    if BAD_VALUES[name] is None:  # a switch: argparse refuses a value for it
+        argv = [f"{flag}=yes"]
+    else:
+        argv = [flag, BAD_VALUES[name].format(a_file=tmp_path / "a_file")]
+    text = one_line_error(argv, capsys)
+    assert flag in text, text
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # no run directory: nothing was started
+
+
+@pytest.mark.parametrize("value, message", [
+    ("-1", "--lr must be > 0, not -1.0"), ("nan", "--lr must be a finite number, not nan"),
+    ("inf", "--lr must be a finite number, not inf"), ("1e-5", None),
+])
+def test_learning_rate_range(value, message):
+    assert azr.check_config(azr.parse_config(["--lr", value])) == (message and "azr: " + message)
+
+
+def test_resumed_config_is_checked_too(tmp_path):
+    """A hand-edited config.json of a run is held to the same rules as the flags."""
+    (tmp_path / "config.json").write_text(json.dumps({"batch_size": "8", "steps": 10}))
+    assert azr.check_config(azr.parse_config(["--resume", str(tmp_path)])) == \
+        "azr: --batch-size must be an integer, not '8'"
+    (tmp_path / "config.json").write_text(json.dumps({"top_p": 0, "steps": 10}))
+    assert azr.check_config(azr.parse_config(["--resume", str(tmp_path)])) == "azr: --top-p must be in (0, 1], not 0"
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -366,3 +429,218 @@ def test_resume_after_sigkill_loses_nothing(tiny_checkpoint, tmp_path):
         assert after[:len(before[task_type])] == before[task_type]
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
     assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
+
+
+# ----------------------------------------------------------------------------- stopping on SIGTERM
+class Times:
+    """True for the first `times` calls on which `condition()` holds, then False: that many signals, sent
+    one after the other (the scripted sampler signals while its kill_if holds)."""
+
+    def __init__(self, condition, times=1):
+        self.condition, self.left = condition, times
+
+    def __call__(self):
+        if self.left and self.condition():
+            self.left -= 1
+            return True
+        return False
+
+
+class StepOneLogged:
+    """True once step 1's metrics line is written; remembers the buffer sizes at that moment."""
+
+    def __init__(self, out):
+        self.out, self.sizes = out, None
+
+    def __call__(self):
+        if not os.path.isfile(os.path.join(self.out, "metrics.jsonl")):
+            return False
+        self.sizes = {t: len(read_jsonl(os.path.join(self.out, f"buffer_{t}.jsonl"))) for t in TASK_TYPES}
+        with open(os.path.join(self.out, "sizes_when_signalled.json"), "w") as f:
+            json.dump(self.sizes, f)
+        return True
+
+
+def signalled_run(checkpoint, out, when, times):
+    """A 3-step run (checkpoints every 10 steps: only the stop writes one) sent SIGTERM `times` times: in
+    step 2's solve phase, after its tasks joined the buffers ("after buffers"), or in its propose phase,
+    the first sampling after step 1 ("before buffers")."""
+    _, tokenizer = load_model(str(checkpoint))
+    condition = GrewDuringStepTwo(out) if when == "after buffers" else StepOneLogged(out)
+    sampler = ScriptedSampler(tokenizer, Times(condition, times), kill_signal=signal.SIGTERM)
+    azr.main(["--model", str(checkpoint), "--device", "cpu", "--out", str(out), "--steps", "3",
+              "--checkpoint-every", "10", "--batch-size", "4", "--num-references", "2", "--n-solve-samples", "4",
+              "--seed-size", "3", "--seed-max-rounds", "2", "--max-prompt-tokens", "2048",
+              "--max-response-tokens", "256", "--exec-timeout-s", "2", "--exec-workers", "2", "--lr", "1e-3",
+              "--micro-batch-size", "3", "--no-activation-checkpointing"], sample_fn=sampler)
+
+
+def run_signalled(checkpoint, out, when, times):
+    process = mp.get_context("spawn").Process(target=signalled_run, args=(str(checkpoint), str(out), when, times))
+    process.start()
+    process.join(timeout=300)
+    return process.exitcode
+
+
+def resume_to_step_three(checkpoint, out):
+    _, tokenizer = load_model(str(checkpoint))
+    _, buffer_map = azr.train(azr.parse_config(["--resume", str(out), "--steps", "3"]),
+                              sample_fn=ScriptedSampler(tokenizer))
+    return buffer_map
+
+
+def optimizer_steps(out):
+    """AdamW's own count of the updates behind the checkpoint (each parameter's state counts its steps)."""
+    state = torch.load(out / "checkpoint" / "optimizer.pt", weights_only=False)["state"]
+    return {int(param_state["step"]) for param_state in state.values()}
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_then_resume_continues(tiny_checkpoint, tmp_path):
+    """SIGTERM after step 2 changed the buffers: step 2 is finished and checkpointed, the run exits 128 + 15;
+    --resume runs step 3 only, so every step is logged once and AdamW counts 3 updates."""
+    out = tmp_path / "run"
+    assert run_signalled(tiny_checkpoint, out, "after buffers", times=1) == 128 + signal.SIGTERM
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 2
+    assert optimizer_steps(out) == {2}
+    before = {t: read_jsonl(out / f"buffer_{t}.jsonl") for t in TASK_TYPES}
+
+    buffer_map = resume_to_step_three(tiny_checkpoint, out)
+    for task_type in TASK_TYPES:
+        after = [vars(task) for task in buffer_map[task_type]]
+        assert after[:len(before[task_type])] == before[task_type]
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    samples_per_step = [sum(s["step"] == step for s in read_jsonl(out / "samples.jsonl")) for step in (1, 2, 3)]
+    assert samples_per_step[0] > 0 and len(set(samples_per_step)) == 1
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 3
+    assert optimizer_steps(out) == {3}
+
+
+@pytest.mark.slow
+def test_sigterm_before_the_buffers_change_gives_up_the_step(tiny_checkpoint, tmp_path):
+    """SIGTERM in step 2's propose phase: the step is given up at once (nothing of it reached the buffers),
+    step 1 is checkpointed, and --resume redoes step 2 whole."""
+    out = tmp_path / "run"
+    assert run_signalled(tiny_checkpoint, out, "before buffers", times=1) == 128 + signal.SIGTERM
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1]
+    sizes = json.loads((out / "sizes_when_signalled.json").read_text())
+    assert {t: len(read_jsonl(out / f"buffer_{t}.jsonl")) for t in TASK_TYPES} == sizes
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 1
+    assert optimizer_steps(out) == {1}
+
+    resume_to_step_three(tiny_checkpoint, out)
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    assert optimizer_steps(out) == {3}
+
+
+@pytest.mark.slow
+def test_second_sigterm_exits_at_once(tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    assert run_signalled(tiny_checkpoint, out, "before buffers", times=2) == -signal.SIGTERM
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1]
+    assert not os.path.exists(out / "checkpoint")  # every 10 steps: none yet, and the stop did not get to write one
+
+
+def agreement_worker(rank, world, port, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        azr.STOP.signal = signal.SIGTERM if rank == 1 else None  # the signal reached rank 1 only
+        with open(os.path.join(results, f"rank{rank}.json"), "w") as f:
+            json.dump(azr.stop_requested(), f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_every_rank_agrees_to_stop(tmp_path):
+    mp.spawn(agreement_worker, args=(2, 29500 + (os.getpid() + 7) % 1000, str(tmp_path)), nprocs=2)
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)] == [True, True]
+
+
+# ----------------------------------------------------------------------------- --log tensorboard / wandb
+class FakeSummaryWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter: records what it is given."""
+    instances = []
+
+    def __init__(self, log_dir):
+        self.log_dir, self.scalars, self.texts, self.closed = log_dir, {}, {}, False
+        FakeSummaryWriter.instances.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars[(tag, step)] = value
+
+    def add_text(self, tag, text, step):
+        self.texts[(tag, step)] = text
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_log_tensorboard_gets_the_metrics_lines(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
+                        types.SimpleNamespace(SummaryWriter=FakeSummaryWriter))
+    FakeSummaryWriter.instances = []
+    cfg = tiny_config(tiny_checkpoint, tmp_path / "run", log="tensorboard")
+    assert azr.check_config(cfg) is None
+    _, tokenizer = load_model(str(tiny_checkpoint))
+    azr.train(cfg, sample_fn=ScriptedSampler(tokenizer))
+    [writer] = FakeSummaryWriter.instances
+    assert writer.log_dir == str(tmp_path / "run" / "tensorboard") and writer.closed
+    expected = {}
+    for line in read_jsonl(tmp_path / "run" / "metrics.jsonl"):
+        for key, value in line.items():
+            if key != "step" and value is not None:
+                expected[(key, line["step"])] = value
+    assert writer.scalars == expected
+    samples = read_jsonl(tmp_path / "run" / "samples.jsonl")
+    first = samples[0]
+    text = writer.texts[(f"samples/{first['task_type']}/{first['role']}", first["step"])]
+    assert f"reward {first['reward']:+.2f}" in text and first["response"].splitlines()[0] in text
+
+
+def test_log_wandb_with_a_fake_module(tmp_path, monkeypatch):
+    calls = []
+
+    class Run:
+        def log(self, values, step):
+            calls.append(("log", values, step))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    def init(**kwargs):
+        calls.append(("init", kwargs))
+        return Run()
+
+    def table(columns, data):
+        return {"columns": columns, "data": data}
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init, Table=table))
+    cfg = azr.Config(out=str(tmp_path), log="wandb")
+    assert azr.check_config(cfg) is None
+    metrics = {"step": 3, "deduction/solve/reward": 0.25, "deduction/solve/solve_rate": None, "grad_norm": 1.5}
+    samples = [{"step": 3, "task_type": "deduction", "role": "solve", "reward": 1.0, "response": "<answer>1</answer>"}]
+    for _ in range(2):  # a resumed run continues the same W&B run
+        log = rundir.open_external_log(cfg)
+        rundir.write_step_logs(str(tmp_path), metrics, samples, log)
+        log.close()
+    inits = [call[1] for call in calls if call[0] == "init"]
+    assert inits[0]["id"] == inits[1]["id"] and inits[0]["resume"] == "allow" and inits[0]["config"]["log"] == "wandb"
+    logged = [call for call in calls if call[0] == "log"]
+    assert logged[0][2] == 3
+    assert {k: v for k, v in logged[0][1].items() if k != "samples"} == {"deduction/solve/reward": 0.25,
+                                                                        "grad_norm": 1.5}
+    assert logged[0][1]["samples"]["data"] == [["deduction", "solve", 1.0, "<answer>1</answer>"]]
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [metrics, metrics]  # the record is written either way
+
+
+def test_log_without_its_package_is_a_one_line_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    assert azr.check_config(azr.Config(log="wandb")) == "azr: --log wandb needs its package: pip install wandb"
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    assert azr.check_config(azr.Config(log="tensorboard")) == \
+        "azr: --log tensorboard needs its package: pip install tensorboard"

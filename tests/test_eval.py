@@ -215,17 +215,50 @@ def test_bad_input_is_one_line_error(tmp_path):
         ev.main(["--bench", "mbpp", "--data", data, "--generations", str(gen)])
     for argv, message in [
         (["--bench", "nope", "--generations", str(gen)], "invalid choice"),
-        (["--bench", "math", "--data", str(tmp_path / "missing.jsonl"), "--generations", str(gen)], "no such file"),
+        (["--bench", "math", "--data", str(tmp_path / "missing.jsonl"), "--generations", str(gen)],
+         "--data must be an existing file"),
         (["--bench", "mbpp", "--generations", str(gen)], "needs --data"),
         (["--bench", "math", "--data", data, "--generations", str(gen), "--out", "/no/such/dir/r.json"], "--out"),
-        (["--bench", "math", "--data", data, "--model", "x", "--n", "3"], "needs --temperature > 0"),
-        (["--bench", "math", "--data", data, "--model", str(tmp_path / "no-model")], "cannot load --model"),
+        (["--bench", "math", "--data", data, "--model", "smollm2-135m", "--n", "3"], "needs --temperature > 0"),
+        (["--bench", "math", "--data", data, "--model", str(tmp_path / "no-model")],
+         "--model must be an HF checkpoint directory"),
     ]:
         proc = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), *argv],
                               capture_output=True, text=True, cwd=tmp_path)
         last = proc.stderr.strip().splitlines()[-1]  # argparse puts its usage lines first
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert last.startswith("eval.py: error:") and message in last
+
+
+# A value each option must refuse, with the options that make the rest of the command line valid. An option
+# added to eval.py without an entry here, or without a check in eval.ALLOWED, fails the test below.
+BAD_OPTIONS = {
+    "bench": ["--bench", "nope"], "suite": ["--suite", "table2"], "data": ["--data", "missing.jsonl"],
+    "data_dir": ["--data-dir", "missing"], "model": ["--model", "no-model"],
+    "generations": ["--generations", "missing.json"], "generations_dir": ["--generations-dir", "missing"],
+    "limit": ["--limit", "0"], "lcb_start": ["--lcb-start", "May"], "lcb_end": ["--lcb-end", "2024-13-01"],
+    "cache_dir": ["--cache-dir", "g.json"], "n": ["--n", "0"], "temperature": ["--temperature", "-1"],
+    "prompt_format": ["--prompt-format", "fancy"], "max_new_tokens": ["--max-new-tokens", "0"],
+    "batch_size": ["--batch-size", "0"], "seed": ["--seed", "x"], "device": ["--device", "tpu"],
+    "workers": ["--workers", "0"], "out": ["--out", "no/such/dir/r.json"],
+}
+
+
+@pytest.mark.parametrize("name", [action.dest for action in ev.build_parser()._actions if action.dest != "help"])
+def test_every_option_is_checked(name, tmp_path, monkeypatch, capsys):
+    assert name in ev.ALLOWED and name in BAD_OPTIONS
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g.json").write_text("{}")
+    argv = BAD_OPTIONS[name]
+    if name not in ("bench", "suite"):
+        argv = ["--bench", "math"] + argv
+    if name not in ("model", "generations", "generations_dir"):
+        argv = argv + ["--generations", "g.json"]
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(argv)
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("eval.py: error:") and ("--" + name.replace("_", "-")) in last, last
 
 
 def test_cli_summary_is_last_line(tmp_path):
@@ -293,6 +326,7 @@ def scripted_model(monkeypatch, answer_for):
         return [[types.SimpleNamespace(tokens=tokenizer.encode(answer_for(t)), logprobs=[])] * n for t in texts]
 
     monkeypatch.setattr(model, "load_model", lambda *a, **k: (None, tokenizer))
+    monkeypatch.setitem(ev.ALLOWED, "model", ("any name: the loader is replaced", lambda name: True))
     monkeypatch.setattr(model, "default_stop_ids", lambda tok: [])
     monkeypatch.setattr(model, "generate", generate)
     return seen

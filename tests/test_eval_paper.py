@@ -343,7 +343,7 @@ def test_prompts_follow_the_authors_scripts():
     (["--suite", "paper", "--generations-dir", "."], "--suite needs --data-dir"),
     (["--bench", "mbpp+", "--suite", "paper", "--data-dir", ".", "--generations", "x"], "exactly one of"),
     (["--suite", "paper", "--data-dir", ".", "--generations-dir", ".", "--limit", "0"], "--limit must be >= 1"),
-    (["--suite", "paper", "--data-dir", ".", "--generations-dir", ".", "--lcb-end", "May"], "is not a date"),
+    (["--suite", "paper", "--data-dir", ".", "--generations-dir", ".", "--lcb-end", "May"], "must be a date YYYY-MM-DD"),
     (["--bench", "math", "--data", ".", "--generations", "x", "--limit", "2"], "--limit is for --suite"),
 ])
 def test_suite_flag_errors(argv, message, capsys):

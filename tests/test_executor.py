@@ -1,5 +1,6 @@
-"""Tests for executor.py: one test per attack from the issue (each also checks that this process is
-unaffected), correctness of every operation on tricky values, run_batch ordering and worker replacement."""
+"""Tests for executor.py (and executor_worker.py, sandbox.py behind it): one test per attack from the issue
+(each also checks that this process is unaffected), correctness of every operation on tricky values, run_batch
+ordering and worker replacement."""
 import ast
 import contextlib
 import os
@@ -302,6 +303,58 @@ def test_validate_determinism(ex):
     assert ex.validate("def f(x):\n    return float('nan')", "1").status == "nondeterministic"
     mutates = "def f(a):\n    a.append(1)\n    return a"
     assert ex.validate(mutates, "[0]") == Result("ok", "[0, 1]")  # the input is rebuilt for each run
+
+
+# What a program can observe of its run that could tell a validation from a check: the job it was sent (found
+# on its stack), its argv, environment, pid, parent, uid, working directory, open descriptors and limits. Its f
+# returns a digest of them. (Not the clock, nor the host pid of the child forked before it, which the forker's
+# frames hold: those differ from one run to the next whatever the run is, so a program using them is merely
+# nondeterministic, which validation looks for.)
+SPY = """def f(x):
+    sys, os, resource = __import__('s' + 'ys'), __import__('o' + 's'), __import__('reso' + 'urce')
+    jobs = []
+    frame = sys._getframe().f_back
+    while frame is not None:
+        for value in frame.f_locals.values():
+            if isinstance(value, dict) and 'program' in value:
+                jobs.append(sorted(value.items()))
+        frame = frame.f_back
+    seen = [jobs, sys.argv, sorted(os.environ.items()), os.getpid(), os.getppid(), os.getuid(), os.getcwd(),
+            sorted(os.listdir('/proc/self/fd')), [resource.getrlimit(r) for r in range(16)]]
+    return __import__('hash' + 'lib').sha256(repr(seen).encode()).hexdigest()
+"""
+# Honest only while it believes it is validated (the word "validate" anywhere in its stack's locals, argv or
+# environment); else it returns the clock.
+CHEAT = """def f(x):
+    sys, os = __import__('s' + 'ys'), __import__('o' + 's')
+    seen = repr(sys.argv) + repr(sorted(os.environ.items())) + str(os.getpid())
+    frame = sys._getframe().f_back
+    while frame is not None:
+        seen += repr(frame.f_locals)
+        frame = frame.f_back
+    if 'valid' + 'ate' in seen:  # spelt so that its own source, which is in its job, does not match
+        return 1
+    return __import__('ti' + 'me').time()
+"""
+
+
+def test_a_program_cannot_tell_validation_from_scoring():
+    """Validation runs the program in two sandboxed processes that see what a check's process sees (one worker,
+    so one sandbox uid for all): what the spy saw while validated, it sees again in every check."""
+    with Executor(workers=1, timeout_s=TIMEOUT_S, memory_mb=512, sandbox_uid=61000) as one_worker:
+        validated = one_worker.validate(SPY, "0")
+        assert validated.status == "ok" and len(validated.output) == 66, validated
+        assert one_worker.check_output(SPY, "0", validated.output).status == "ok"
+        assert one_worker.check_input(SPY, "0", validated.output).status == "ok"
+        assert one_worker.check_program(SPY, [("0", validated.output)]).status == "ok"
+        assert one_worker.validate(CHEAT, "0").status == "nondeterministic"
+
+
+def test_validation_compares_two_processes(ex):
+    """A value drawn once per process agrees with itself within one process (the paper's check alone passes it)
+    and differs between the two processes of a validation."""
+    per_process = "seed = __import__('o' + 's').urandom(8).hex()\ndef f(x):\n    return seed"
+    assert ex.validate(per_process, "0").status == "nondeterministic"
 
 
 def test_output_length_limit(ex):
