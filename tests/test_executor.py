@@ -142,7 +142,10 @@ def test_memory_bomb_across_processes(ex, sentinel):
                "        kids.append(pid)\n    return [o.waitstatus_to_exitcode(o.waitpid(k, 0)[1]) for k in kids]")
     result = ex.check_output(program, "4", "[0, 0, 0, 0]")
     if ex.sandbox["memory_cgroup"]:
-        assert result.status == "error" or ast.literal_eval(result.output).count(0) <= 1, result
+        # Since every job runs f twice in its process, the second round of children can stall in the
+        # cgroup's reclaim until the wall clock ends the call: a timeout is contained too.
+        if result.status not in ("error", "timeout"):
+            assert ast.literal_eval(result.output).count(0) <= 1, result
     assert_unaffected(ex, sentinel)
 
 
