@@ -490,15 +490,17 @@ def resume_to_step_three(checkpoint, out):
 
 
 def optimizer_steps(out):
-    """AdamW's own count of the updates behind the checkpoint (each parameter's state counts its steps)."""
+    """Training steps behind the checkpoint, from AdamW's own count of its updates (each parameter's
+    state counts its steps; a training step takes one per mini-batch)."""
     state = torch.load(out / "checkpoint" / "optimizer.pt", weights_only=False)["state"]
-    return {int(param_state["step"]) for param_state in state.values()}
+    mini_batches = azr.CPU_PRESET["mini_batches"]
+    return {int(param_state["step"]) / mini_batches for param_state in state.values()}
 
 
 @pytest.mark.slow
 def test_sigterm_finishes_the_step_then_resume_continues(tiny_checkpoint, tmp_path):
     """SIGTERM after step 2 changed the buffers: step 2 is finished and checkpointed, the run exits 128 + 15;
-    --resume runs step 3 only, so every step is logged once and AdamW counts 3 updates."""
+    --resume runs step 3 only, so every step is logged once and AdamW counts 3 steps' updates."""
     out = tmp_path / "run"
     assert run_signalled(tiny_checkpoint, out, "after buffers", times=1) == 128 + signal.SIGTERM
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2]
