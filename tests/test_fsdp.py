@@ -36,7 +36,8 @@ def one_update(checkpoint, rollouts, rank, world, fsdp):
         module = azr.shard_model(module, torch.device("cpu"), world)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     copy = azr.sampler_model(model, torch.device("cpu"))
-    cfg = azr.Config(micro_batch_size=3, lr=LR)
+    # One mini-batch: the comparison is of one AdamW step from the same gradient, at 2e-6.
+    cfg = azr.Config(micro_batch_size=3, lr=LR, mini_batches=1)
     update = azr.policy_update(model, module, optimizer, rollouts[rank::world], cfg, rank, world,
                                torch.device("cpu"))
     azr.refresh_sampler_model(copy, model)
@@ -156,7 +157,7 @@ def test_fsdp_two_rank_run_checkpoints_and_resumes(tiny_checkpoint, tmp_path):
         assert result["step"] == 1
         for name, (step, exp_avg, exp_avg_sq) in result["saved"].items():
             restored = result["restored"][name]
-            assert restored[0] == step == 1.0
+            assert restored[0] == step == azr.Config().mini_batches  # one AdamW step per mini-batch
             assert torch.equal(restored[1], exp_avg) and torch.equal(restored[2], exp_avg_sq), name
     assert any(exp_avg.abs().sum() > 0 for _, exp_avg, _ in ranks[0]["saved"].values())
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2]
