@@ -7,7 +7,7 @@ of the base model (phases 1-2 without training). Then each step, for all three t
 
   1. propose: batch_size proposer prompts per type, each showing references drawn from the buffers
      (K triplets of that type's buffer; for induction one program of the triplet buffers' union);
-  2. validate: parse the proposals and check them in the executor (buffers.score_proposals);
+  2. validate: parse the proposals and check them in the executor (tasks.score_proposals);
   3. learnability: n_solve_samples solver rollouts per valid proposal give its solve rate s and the
      proposer's reward 1 - s when 0 < s < 1 (eq. 4, composite reward eq. 6); not trained on;
   4. add to buffers: every rank's valid proposals, in rank order;
@@ -18,7 +18,9 @@ of the base model (phases 1-2 without training). Then each step, for all three t
      clipped surrogate against pi_old (the authors' update: three steps, clip 0.2).
 
 The file reads top to bottom: config and CLI, distributed helpers, sampling, the self-play phases
-1-6, the update (phases 7-8), the loop. rundir.py owns what a run writes to disk.
+1-6, the update (phases 7-8), the loop. Each phase returns its values, and collect_rollouts builds each
+trained Rollout once from them. What differs between the task types is data (tasks.TASKS), which the
+phases index. rundir.py owns what a run writes to disk.
 
 Run:  python azr.py                                  (CPU preset + embedded Qwen2.5-Coder-0.5B when no GPU)
       torchrun --nproc_per_node=8 azr.py --model DIR (the paper's settings on a GPU node)
@@ -46,11 +48,12 @@ from tqdm import tqdm
 
 import buffers
 import rundir
-from buffers import ROLES, TASK_TYPES, Rewards
-from executor import BANNED_MODULES, Executor, run_batch_with_progress
+from executor import BANNED_MODULES, Executor, flatten, run_batch_with_progress, run_grouped
 from model import (CPU_DEFAULT_MODEL, EMBEDDED_MODELS, KVCache, Transformer, cpu_has_bf16, default_stop_ids, generate,
                    int8_decoder, int8_decoding_available, load_model, recorded_prompt_format, refresh_int8_decoder,
                    sample_texts)
+from tasks import (ROLES, TASKS, Rewards, proposer_reward, reference_pool, score_proposals, score_solutions,
+                   solver_reward)
 from trr import policy_loss, trr_advantages
 
 
@@ -184,7 +187,7 @@ def parse_config(argv=None):
 
 
 def _is_run_dir_with_seeds(path):
-    return all(os.path.isfile(os.path.join(path, "seeds", f"{task_type}.jsonl")) for task_type in TASK_TYPES)
+    return all(os.path.isfile(os.path.join(path, "seeds", f"{task_type}.jsonl")) for task_type in TASKS)
 
 
 # What each flag accepts, as (the allowed range in words, a test of the value). check_config applies it to
@@ -198,7 +201,7 @@ ALLOWED = {
     "out": ("a directory path, not a file", lambda v: not os.path.isfile(v)),
     "resume": ("a run directory (with config.json)",
                lambda v: v == "" or os.path.isfile(os.path.join(v, "config.json"))),
-    "seed_from": ("a run directory with seeds/deduction.jsonl, abduction.jsonl and induction.jsonl",
+    "seed_from": ("a run directory with " + ", ".join(f"seeds/{task_type}.jsonl" for task_type in TASKS),
                   lambda v: v == "" or _is_run_dir_with_seeds(v)),
     "plot": ("a run directory with metrics.jsonl",
              lambda v: v == "" or os.path.isfile(os.path.join(v, "metrics.jsonl"))),
@@ -312,12 +315,9 @@ def all_gather(obj):
     return gathered
 
 
-def in_rank_order(lists_per_rank):
-    """all_gather of a list -> one list: rank 0's items, then rank 1's, ..."""
-    joined = []
-    for items in lists_per_rank:
-        joined.extend(items)
-    return joined
+def gather_lists(items):
+    """Every rank's list `items` joined into one: rank 0's items, then rank 1's, ..."""
+    return flatten(all_gather(items))
 
 
 # ----------------------------------------------------------------------------- stopping on a signal
@@ -539,7 +539,7 @@ class Sampler:
 
 
 class TimedExecutor:
-    """The executor behind a progress bar and a clock; buffers.py scores through its run_batch."""
+    """The executor behind a progress bar and a clock; tasks.py scores through its run_batch."""
 
     def __init__(self, executor, chunk):
         self.executor = executor
@@ -559,34 +559,34 @@ def sampling_seed(cfg, step, rank, phase):
 
 
 def sample_jobs(sampler, jobs_by_type, n, seed, desc):
-    """{task_type: [jobs]} -> {task_type: [n Responses per job]}. The three task types share one
-    sampler call: decoding cost is mostly the weights' memory traffic per step, so one batch of 3B
-    rows is far cheaper than three batches of B."""
-    prompts = []
-    for jobs in jobs_by_type.values():
-        for job in jobs:
-            prompts.append(job.prompt_tokens)
-    responses = sampler(prompts, n, seed, desc)
-    by_type = {}
-    start = 0
-    for task_type, jobs in jobs_by_type.items():
-        by_type[task_type] = responses[start:start + len(jobs)]
-        start += len(jobs)
-    return by_type
+    """{task_type: [jobs]} -> {task_type: [n Responses per job]}. The task types share one sampler call:
+    decoding cost is mostly the weights' memory traffic per step, so one batch of 3B rows is far cheaper
+    than three batches of B."""
+    prompts = [[job.prompt_tokens for job in jobs] for jobs in jobs_by_type.values()]
+    per_type = run_grouped(lambda flat: sampler(flat, n, seed, desc), prompts)
+    return dict(zip(jobs_by_type, per_type))
+
+
+def first_responses(sampler, jobs_by_type, seed, desc):
+    """{task_type: [jobs]} -> {task_type: [one Response per job]}."""
+    responses = {}
+    for task_type, per_job in sample_jobs(sampler, jobs_by_type, 1, seed, desc).items():
+        responses[task_type] = [samples[0] for samples in per_job]
+    return responses
 
 
 # ----------------------------------------------------------------------------- self-play: phases 1-6
 @dataclass
 class ProposerJob:
-    """A proposer prompt: what it shows (K reference triplets, or for induction one program's triplet)."""
+    """A proposer prompt and what it shows: its references, a list of tasks drawn from the buffers."""
     task_type: str
-    references: object  # list of buffers.Triplet; induction: one buffers.Triplet
+    references: list
     prompt_tokens: list
 
 
 @dataclass
 class SolverJob:
-    """A solver prompt for one task (a buffers.Triplet, or a buffers.InductionTask for induction)."""
+    """A solver prompt for one task (of its type's task class: a buffers.Triplet, buffers.InductionTask)."""
     task_type: str
     task: object
     prompt_tokens: list
@@ -594,26 +594,25 @@ class SolverJob:
 
 @dataclass
 class Rollout:
-    """One sampled sequence of a (type, role) group: prompt and response tokens, reward and what the
-    metrics need. A proposer rollout carries its references and, once validated, its Proposal; a solver
-    rollout carries its task. Proposers and solvers are trained on; learnability rollouts are not."""
+    """One trained sequence of a (type, role) group: prompt and response tokens, its reward and what the
+    metrics need. collect_rollouts builds each one once, from what the phases return (the learnability
+    rollouts are not trained on and are not Rollouts)."""
     task_type: str
     role: str
     prompt_tokens: list
     response_tokens: list
     response_text: str
-    reward: float = 0.0
+    reward: float
     format_ok: bool = True
-    valid: bool = True  # proposer: the proposal passed validation
-    solve_rate: float = float("nan")  # proposer: s over the learnability rollouts (NaN: none); solver: 1/0
-    references: object = None  # proposer: what its prompt showed (ProposerJob.references)
-    proposal: buffers.Proposal = None  # proposer, after phase 2
-    task: object = None  # solver: the task it answered
+    valid: bool = True  # proposer: the proposal passed validation (a solver's task always did)
+    # The share of solver answers to this rollout's task that were right: a proposer's s over its
+    # learnability rollouts (None: not measured), a solver's over its one answer (1.0 or 0.0).
+    solve_rate: float | None = None
 
     @property
     def group(self):
-        """0..5: type_index * 2 + role_index, the TRR++ group (eq. 8)."""
-        return TASK_TYPES.index(self.task_type) * len(ROLES) + ROLES.index(self.role)
+        """type_index * 2 + role_index, the TRR++ group (eq. 8): 0..5 for the three task types."""
+        return list(TASKS).index(self.task_type) * len(ROLES) + ROLES.index(self.role)
 
     def summary(self):
         """What the metrics need, without the tokens (cheap to gather across ranks)."""
@@ -627,104 +626,94 @@ PROMPT_TRIES = 4  # a prompt over max_prompt_tokens is re-drawn this many times 
 def proposer_jobs(buffer_map, task_type, count, rng, sampler, num_references):
     """Phase 1's prompts: `count` ProposerJobs for one task type, identical on every rank (shared rng).
 
-    Deduction and abduction show K references drawn from their own buffer; induction shows one program
-    drawn from the union of the deduction and abduction buffers. A prompt over max_prompt_tokens is
-    re-drawn, never truncated, and dropped after PROMPT_TRIES draws.
+    Each shows references its type's record draws from its pool (tasks.reference_pool): deduction and
+    abduction K triplets of their own buffer, induction one program of the union of the two triplet
+    buffers. A prompt over max_prompt_tokens is re-drawn, never truncated, and dropped after
+    PROMPT_TRIES draws.
     """
-    if task_type == "induction":
-        union = buffer_map["deduction"].items + buffer_map["abduction"].items
-        unique = {}
-        for triplet in union:  # the seeds are in both buffers
-            unique[(triplet.program, triplet.input)] = triplet
-        pool = list(unique.values())
+    kind = TASKS[task_type]
+    pool = reference_pool(buffer_map, task_type)
     jobs = []
     for _ in range(count):
         for _attempt in range(PROMPT_TRIES):
-            if task_type == "induction":
-                references = rng.choice(pool)
-            else:
-                references = buffer_map[task_type].sample(num_references, rng)
-            tokens = sampler.encode(buffers.proposer_prompt(task_type, references))
+            references = kind.draw_references(pool, num_references, rng)
+            tokens = sampler.encode(kind.proposer_prompt(references))
             if sampler.fits(tokens):
                 jobs.append(ProposerJob(task_type, references, tokens))
                 break
     return jobs
 
 
-def propose(jobs_by_type, sampler, seed, rank, world):
-    """Phase 1: sample one response for each of this rank's slice of the jobs -> {task_type: [proposer
-    Rollout]} (not yet validated or rewarded)."""
-    mine = {task_type: jobs[rank::world] for task_type, jobs in jobs_by_type.items()}
-    responses = sample_jobs(sampler, mine, 1, seed, "propose")
-    rollouts = {}
-    for task_type, jobs in mine.items():
-        rollouts[task_type] = []
-        for job, samples in zip(jobs, responses[task_type]):
-            response = samples[0]
-            rollouts[task_type].append(Rollout(task_type, "propose", job.prompt_tokens, response.tokens,
-                                               response.text, references=job.references))
-    return rollouts
+def this_rank(jobs_by_type, rank, world):
+    """This rank's share of every type's jobs, its slice [rank::world] (the jobs are the same on every rank)."""
+    return {task_type: jobs[rank::world] for task_type, jobs in jobs_by_type.items()}
 
 
-def validate(proposer_rollouts, executor):
-    """Phase 2: parse and validate every proposal in the executor; sets each rollout's proposal,
-    format_ok and valid."""
-    for task_type, rollouts in proposer_rollouts.items():
-        texts = [rollout.response_text for rollout in rollouts]
-        references = [rollout.references for rollout in rollouts]
-        proposals = buffers.score_proposals(executor, task_type, texts, references)
-        for rollout, proposal in zip(rollouts, proposals):
-            rollout.proposal = proposal
-            rollout.format_ok = proposal.parsed.ok
-            rollout.valid = proposal.valid
+def propose(jobs_by_type, sampler, seed):
+    """Phase 1: sample one response per job -> {task_type: [Response]}, job for job."""
+    return first_responses(sampler, jobs_by_type, seed, "propose")
 
 
-def estimate_learnability(proposer_rollouts, executor, sampler, cfg, seed):
-    """Phase 3: the solve rate s of every valid proposal over n_solve_samples solver rollouts, written
-    to its rollout's solve_rate. These rollouts are not trained on.
+def validate(jobs_by_type, responses, executor):
+    """Phase 2: parse and validate every proposal in the executor -> {task_type: [tasks.Proposal]}, job
+    for job."""
+    proposals = {}
+    for task_type, jobs in jobs_by_type.items():
+        texts = [response.text for response in responses[task_type]]
+        proposals[task_type] = score_proposals(executor, task_type, texts, [job.references for job in jobs])
+    return proposals
 
-    A task whose solver prompt is over max_prompt_tokens gets no rollouts: its s stays NaN, which
-    buffers.proposer_reward scores as unlearnable.
+
+def solver_job(task_type, task, sampler):
+    """The SolverJob of one task, or None when its prompt is over max_prompt_tokens."""
+    tokens = sampler.encode(TASKS[task_type].solver_prompt(task))
+    if sampler.fits(tokens):
+        return SolverJob(task_type, task, tokens)
+    return None
+
+
+def estimate_learnability(proposals, executor, sampler, cfg, seed):
+    """Phase 3: the solve rate s of every valid proposal over n_solve_samples solver rollouts ->
+    {task_type: [s per proposal]}. These rollouts are not trained on.
+
+    s is None where it is not measured: an invalid proposal, or a valid task whose solver prompt is over
+    max_prompt_tokens (tasks.proposer_reward scores that one as unlearnable).
     """
     jobs_by_type = {}
-    measured_by_type = {}  # the proposer rollout of each job, index for index
-    for task_type, rollouts in proposer_rollouts.items():
+    measured = {}  # per task type, job for job: the index of the proposal the job measures
+    for task_type, type_proposals in proposals.items():
         jobs_by_type[task_type] = []
-        measured_by_type[task_type] = []
-        for rollout in rollouts:
-            if not rollout.valid:
-                continue
-            task = rollout.proposal.task
-            tokens = sampler.encode(buffers.solver_prompt(task_type, task))
-            if sampler.fits(tokens):
-                jobs_by_type[task_type].append(SolverJob(task_type, task, tokens))
-                measured_by_type[task_type].append(rollout)
+        measured[task_type] = []
+        for index, proposal in enumerate(type_proposals):
+            job = solver_job(task_type, proposal.task, sampler) if proposal.valid else None
+            if job is not None:
+                jobs_by_type[task_type].append(job)
+                measured[task_type].append(index)
     n = cfg.n_solve_samples
     responses = sample_jobs(sampler, jobs_by_type, n, seed, "learnability")
+    solve_rates = {}
     for task_type, jobs in jobs_by_type.items():
-        tasks = []
-        texts = []
+        answers = []  # per job, its n (task, response text) pairs
         for job, samples in zip(jobs, responses[task_type]):
-            for response in samples:
-                tasks.append(job.task)
-                texts.append(response.text)
+            answers.append([(job.task, response.text) for response in samples])
         # Scored from the answer block alone, as the authors score this estimate (require_think=False).
-        solutions = buffers.score_solutions(executor, task_type, tasks, texts, require_think=False)
-        for i, rollout in enumerate(measured_by_type[task_type]):
-            correct = sum(solution.correct for solution in solutions[i * n:(i + 1) * n])
-            rollout.solve_rate = correct / n
+        solutions = run_grouped(lambda pairs: score_solutions(executor, task_type, [task for task, _ in pairs],
+                                                              [text for _, text in pairs], require_think=False),
+                                answers)
+        solve_rates[task_type] = [None] * len(proposals[task_type])
+        for index, job_solutions in zip(measured[task_type], solutions):
+            solve_rates[task_type][index] = sum(solution.correct for solution in job_solutions) / n
+    return solve_rates
 
 
-def add_to_buffers(buffer_map, proposer_rollouts):
+def add_to_buffers(buffer_map, proposals):
     """Phase 4: every rank's valid proposals, in rank order, join their type's buffer, so all ranks'
     buffers stay identical. -> {task_type: [the step's new valid tasks]}."""
     new_tasks = {}
-    for task_type, rollouts in proposer_rollouts.items():
-        mine = [rollout.proposal.task for rollout in rollouts if rollout.valid]
-        tasks = in_rank_order(all_gather(mine))
-        for task in tasks:
+    for task_type, type_proposals in proposals.items():
+        new_tasks[task_type] = gather_lists([proposal.task for proposal in type_proposals if proposal.valid])
+        for task in new_tasks[task_type]:
             buffer_map[task_type].add(task)
-        new_tasks[task_type] = tasks
     return new_tasks
 
 
@@ -738,66 +727,70 @@ def solver_jobs(buffer, new_tasks, task_type, count, rng, sampler):
             break
         if not candidates:
             candidates = buffer.sample(count - len(jobs), rng)
-        task = candidates.pop(0)
-        tokens = sampler.encode(buffers.solver_prompt(task_type, task))
-        if sampler.fits(tokens):
-            jobs.append(SolverJob(task_type, task, tokens))
+        job = solver_job(task_type, candidates.pop(0), sampler)
+        if job is not None:
+            jobs.append(job)
     return jobs
 
 
-def solve(jobs_by_type, executor, sampler, rewards, seed):
-    """Phase 6: one response per job, scored -> this rank's solver Rollouts, rewarded (eq. 6)."""
-    responses = sample_jobs(sampler, jobs_by_type, 1, seed, "solve")
-    rollouts = []
+def solve(jobs_by_type, executor, sampler, seed):
+    """Phase 6: one response per job, scored -> ({task_type: [Response]}, {task_type: [tasks.Solution]}),
+    job for job."""
+    responses = first_responses(sampler, jobs_by_type, seed, "solve")
+    solutions = {}
     for task_type, jobs in jobs_by_type.items():
-        firsts = [samples[0] for samples in responses[task_type]]
-        tasks = [job.task for job in jobs]
-        texts = [response.text for response in firsts]
-        solutions = buffers.score_solutions(executor, task_type, tasks, texts, rewards)
-        for job, response, solution in zip(jobs, firsts, solutions):
-            rollouts.append(Rollout(task_type, "solve", job.prompt_tokens, response.tokens, response.text,
-                                    reward=solution.reward, format_ok=solution.parsed.ok,
-                                    solve_rate=float(solution.correct), task=job.task))
-    return rollouts
+        texts = [response.text for response in responses[task_type]]
+        solutions[task_type] = score_solutions(executor, task_type, [job.task for job in jobs], texts)
+    return responses, solutions
 
 
 def collect_rollouts(step, buffer_map, executor, sampler, cfg, rank, world):
-    """Phases 1-6 of one step for all three task types -> this rank's rollouts (proposers, then
-    solvers) and the sample responses to log; None if a signal stopped the step before phase 4."""
+    """Phases 1-6 of one step for every task type -> this rank's rollouts (proposers, then solvers) and
+    the sample responses to log; None if a signal stopped the step before phase 4. Each Rollout is built
+    here, once, from what the phases returned, with its reward (tasks.proposer_reward, tasks.solver_reward)."""
     rewards = Rewards(format_error=cfg.format_penalty, wrong=cfg.wrong_penalty, invalid=cfg.invalid_penalty,
                       unlearnable=cfg.unlearnable_penalty)
     rng = random.Random(f"{cfg.seed}-step-{step}")  # same on every rank: same references and tasks
     jobs = {}
-    for task_type in TASK_TYPES:
+    for task_type in TASKS:
         jobs[task_type] = proposer_jobs(buffer_map, task_type, cfg.batch_size, rng, sampler, cfg.num_references)
-    proposer_rollouts = propose(jobs, sampler, sampling_seed(cfg, step, rank, "propose"), rank, world)
+    jobs = this_rank(jobs, rank, world)
+    responses = propose(jobs, sampler, sampling_seed(cfg, step, rank, "propose"))
     # Safe points: until phase 4 nothing of the step is in the buffers, so on a signal the step can be
     # given up here and --resume redoes it whole.
     if stop_requested():
         return None
-    validate(proposer_rollouts, executor)
-    estimate_learnability(proposer_rollouts, executor, sampler, cfg, sampling_seed(cfg, step, rank, "learn"))
+    proposals = validate(jobs, responses, executor)
+    solve_rates = estimate_learnability(proposals, executor, sampler, cfg, sampling_seed(cfg, step, rank, "learn"))
     if stop_requested():
         return None
     rollouts = []
-    for task_type, type_rollouts in proposer_rollouts.items():
-        for rollout in type_rollouts:
-            rollout.reward = buffers.proposer_reward(rollout.proposal, rollout.solve_rate, rewards)
-            rollouts.append(rollout)
+    for task_type in TASKS:
+        for job, response, proposal, solve_rate in zip(jobs[task_type], responses[task_type], proposals[task_type],
+                                                       solve_rates[task_type]):
+            rollouts.append(Rollout(task_type, "propose", job.prompt_tokens, response.tokens, response.text,
+                                    reward=proposer_reward(proposal, solve_rate, rewards),
+                                    format_ok=proposal.parsed.ok, valid=proposal.valid, solve_rate=solve_rate))
 
-    new_tasks = add_to_buffers(buffer_map, proposer_rollouts)
+    new_tasks = add_to_buffers(buffer_map, proposals)
     jobs = {}
-    for task_type in TASK_TYPES:
-        all_jobs = solver_jobs(buffer_map[task_type], new_tasks[task_type], task_type, cfg.batch_size, rng, sampler)
-        jobs[task_type] = all_jobs[rank::world]
-    rollouts += solve(jobs, executor, sampler, rewards, sampling_seed(cfg, step, rank, "solve"))
+    for task_type in TASKS:
+        jobs[task_type] = solver_jobs(buffer_map[task_type], new_tasks[task_type], task_type, cfg.batch_size, rng,
+                                      sampler)
+    jobs = this_rank(jobs, rank, world)
+    responses, solutions = solve(jobs, executor, sampler, sampling_seed(cfg, step, rank, "solve"))
+    for task_type in TASKS:
+        for job, response, solution in zip(jobs[task_type], responses[task_type], solutions[task_type]):
+            rollouts.append(Rollout(task_type, "solve", job.prompt_tokens, response.tokens, response.text,
+                                    reward=solver_reward(solution, rewards), format_ok=solution.parsed.ok,
+                                    valid=True, solve_rate=float(solution.correct)))
     return rollouts, sample_records(rollouts, step, cfg.samples_per_step)
 
 
 def sample_records(rollouts, step, per_group):
     """The first `per_group` decoded responses of each group, for samples.jsonl."""
     records = []
-    for task_type in TASK_TYPES:
+    for task_type in TASKS:
         for role in ROLES:
             group = [r for r in rollouts if r.task_type == task_type and r.role == role]
             for rollout in group[:per_group]:
@@ -808,10 +801,14 @@ def sample_records(rollouts, step, per_group):
 
 def seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log):
     """Before the first step, fill the buffers with valid proposals of the base model (phases 1-2, no
-    learnability filter, no training): first the triplet buffers (deduction and abduction proposals
-    both feed both, so they start from the same seed set), then induction tasks for their programs.
+    learnability filter, no training), one seed phase (tasks.TaskType.seed_phase) after the other: first
+    the triplet buffers (deduction and abduction proposals both feed both, so they start from the same
+    seed set), then induction tasks for their programs.
     -> False if a signal stopped it after a round (see StopRequest), else True."""
-    for phase, task_types in (("triplets", ("deduction", "abduction")), ("induction", ("induction",))):
+    phases = {}  # seed phase -> its task types, in TASKS order
+    for task_type, kind in TASKS.items():
+        phases.setdefault(kind.seed_phase, []).append(task_type)
+    for phase, task_types in phases.items():
         for round_index in range(cfg.seed_max_rounds):
             if all(len(buffer_map[t]) >= cfg.seed_size for t in task_types):
                 break
@@ -820,15 +817,15 @@ def seed_buffers(buffer_map, executor, sampler, cfg, rank, world, log):
             for task_type in task_types:
                 jobs[task_type] = proposer_jobs(buffer_map, task_type, cfg.batch_size, rng, sampler,
                                                 cfg.num_references)
-            seed = sampling_seed(cfg, -1 - round_index, rank, phase)
-            proposer_rollouts = propose(jobs, sampler, seed, rank, world)
-            validate(proposer_rollouts, executor)
+            jobs = this_rank(jobs, rank, world)
+            responses = propose(jobs, sampler, sampling_seed(cfg, -1 - round_index, rank, phase))
+            proposals = validate(jobs, responses, executor)
             mine = []
-            for rollouts in proposer_rollouts.values():
-                for rollout in rollouts:
-                    if rollout.valid:
-                        mine.append(rollout.proposal.task)
-            for task in in_rank_order(all_gather(mine)):
+            for type_proposals in proposals.values():
+                for proposal in type_proposals:
+                    if proposal.valid:
+                        mine.append(proposal.task)
+            for task in gather_lists(mine):
                 for task_type in task_types:
                     if len(buffer_map[task_type]) < cfg.seed_size:
                         buffer_map[task_type].add(task)
@@ -900,15 +897,11 @@ def learning_rate(cfg, step):
 def step_advantages(rollouts, rank):
     """Phase 7: TRR++ (eq. 8) over the step's rollouts from every rank -> this rank's advantages, one
     per rollout."""
-    records = []
-    for rollout in rollouts:
-        records.append({"reward": rollout.reward, "group": rollout.group})
-    records_per_rank = all_gather(records)
-    offset = sum(len(rank_records) for rank_records in records_per_rank[:rank])
-    everything = in_rank_order(records_per_rank)
-    advantages = trr_advantages([record["reward"] for record in everything],
-                                [record["group"] for record in everything])
-    return advantages[offset:offset + len(rollouts)]
+    records_per_rank = all_gather([(rollout.reward, rollout.group) for rollout in rollouts])
+
+    def advantages(records):  # of every rank's rollouts, in rank order
+        return trr_advantages([reward for reward, _ in records], [group for _, group in records])
+    return run_grouped(advantages, records_per_rank)[rank]
 
 
 def mini_batch_slices(count, mini_batches):
@@ -1070,7 +1063,7 @@ def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor,
     update = policy_update(model, logprob_module, optimizer, rollouts, cfg, rank, world, device)
     sampler.refresh(model)
     update_seconds = time.time() - update_started
-    summaries = in_rank_order(all_gather([rollout.summary() for rollout in rollouts]))
+    summaries = gather_lists([rollout.summary() for rollout in rollouts])
     timing = all_gather({"tokens": sampler.tokens, "seconds": sampler.seconds})
     if rank == 0:
         tokens = sum(t["tokens"] for t in timing)
@@ -1080,7 +1073,7 @@ def self_play_step(step, model, logprob_module, optimizer, buffer_map, executor,
         metrics["grad_norm"] = update["grad_norm"]
         metrics["clip_fraction"] = update["clip_fraction"]
         metrics["lr"] = learning_rate(cfg, step)
-        for task_type in TASK_TYPES:
+        for task_type in TASKS:
             metrics[f"buffer/{task_type}"] = len(buffer_map[task_type])
         metrics["tokens_per_s"] = tokens / max(1e-9, slowest)
         metrics["time/sampling"] = sampler.seconds

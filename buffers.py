@@ -1,4 +1,5 @@
-"""AZR's tasks: data types, buffers, prompts, response parsing, validation and rewards.
+"""The parts AZR's tasks are made of: task data types, buffers, prompt texts and response parsers.
+tasks.py assembles them into the three task types (one record each) and scores responses with them.
 
 The task design in a few lines. A *program* is Python source defining `f`; an *input* is the source of
 an argument list (`[1, 2], 'abc'`); an *output* is `repr(f(input))`, computed by the executor, never by
@@ -12,13 +13,10 @@ the model. One model plays two roles on three task types:
 Every response continues the prompt's open `<think>`, must close it, then answer inside
 `<answer> </answer>` with the payload in fenced blocks (```python, ```input, ```output, ```message);
 a solver answer without the expected fence is its payload as a whole.
-Rewards (eq. 6, with the authors' mapping): a malformed response or unparseable payload gets -1.
-Solver: correct 1, wrong -0.5. Proposer: an invalid task -1; a valid task that the solver's rollouts
-solve always or never -0.5; otherwise its learnability 1 - s for the solve rate s (eq. 4).
 Valid proposals go to per-type buffers (append-only JSONL) that supply references and solver tasks.
 
-Nothing model-written is evaluated here: code and inputs are only checked with `ast.parse`, and all
-execution goes through `executor.run_batch`, one call per scoring function for the whole batch.
+Nothing model-written is evaluated here: code and inputs are only checked with `ast.parse`; tasks.py
+sends everything that runs to the executor.
 """
 from __future__ import annotations
 
@@ -34,8 +32,6 @@ from typing import Any
 
 from executor import BANNED_MODULES, defines_f, is_call_of_f
 
-TASK_TYPES = ("deduction", "abduction", "induction")
-ROLES = ("propose", "solve")
 N_IO = 10  # input/output pairs per induction task (the paper's setting)
 N_SHOWN = 5  # the first N_SHOWN pairs are shown to the solver, the rest are hidden
 
@@ -47,7 +43,7 @@ MAX_MESSAGE_CHARS = 2_000
 
 
 # ----------------------------------------------------------------------------------------------------
-# Tasks and rewards
+# Tasks
 
 
 @dataclass
@@ -56,6 +52,10 @@ class Triplet:
     program: str
     input: str
     output: str
+
+    def key(self) -> tuple:
+        """What makes two triplets the same task in a buffer: the output follows from these."""
+        return (self.program, self.input)
 
 
 @dataclass
@@ -66,6 +66,14 @@ class InductionTask:
     inputs: list[str]
     outputs: list[str]
 
+    def __post_init__(self):
+        if len(self.inputs) != N_IO or len(self.outputs) != N_IO:
+            raise ValueError(f"an induction task needs {N_IO} inputs and outputs")
+
+    def key(self) -> tuple:
+        """What makes two induction tasks the same in a buffer (the message is only a hint)."""
+        return (self.program, tuple(self.inputs))
+
     @property
     def shown_pairs(self) -> list[tuple[str, str]]:
         return list(zip(self.inputs[:N_SHOWN], self.outputs[:N_SHOWN]))
@@ -73,22 +81,6 @@ class InductionTask:
     @property
     def hidden_pairs(self) -> list[tuple[str, str]]:
         return list(zip(self.inputs[N_SHOWN:], self.outputs[N_SHOWN:]))
-
-
-@dataclass
-class Rewards:
-    """The composite-reward constants of eq. 6 as the authors' code applies them (the trainer's config
-    passes its values in)."""
-    format_error: float = -1.0  # not well-formatted, or the payload cannot be parsed
-    wrong: float = -0.5  # solver: well-formatted but wrong
-    invalid: float = -1.0  # proposer: well-formatted, but the task fails validation
-    unlearnable: float = -0.5  # proposer: valid, but every or no learnability rollout solved it
-
-
-def _task_key(task) -> tuple:
-    if isinstance(task, InductionTask):
-        return (task.program, tuple(task.inputs))
-    return (task.program, task.input)
 
 
 def identity_triplet() -> Triplet:
@@ -112,19 +104,17 @@ def identity_induction_task() -> InductionTask:
 
 
 def _check_types(task):
-    """Raise ValueError unless a task loaded from JSON has the field types and pair count we write."""
-    if isinstance(task, Triplet):
-        values = [task.program, task.input, task.output]
-    else:
-        values = [task.program, task.message, *task.inputs, *task.outputs]
-    if not all(isinstance(v, str) for v in values):
-        raise ValueError("task fields must be strings")
-    if isinstance(task, InductionTask) and not (len(task.inputs) == len(task.outputs) == N_IO):
-        raise ValueError(f"an induction task needs {N_IO} inputs and outputs")
+    """Raise ValueError unless a task loaded from JSON has the field types we write: every field a string
+    or a list of strings."""
+    for value in vars(task).values():
+        strings = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in strings):
+            raise ValueError("task fields must be strings")
 
 
 class TaskBuffer:
-    """The tasks of one type, deduplicated, in insertion order, optionally persisted as JSONL.
+    """The tasks of one type (all of class `task_class`), deduplicated by their key(), in insertion order,
+    optionally persisted as JSONL.
 
     Each line is one task as JSON, appended and flushed as it is added, so a killed run loses at most
     the line being written. On load, a line that is not valid JSON for a task is skipped with a
@@ -133,7 +123,8 @@ class TaskBuffer:
     one rank only.
     """
 
-    def __init__(self, path: str | None = None):
+    def __init__(self, task_class: type, path: str | None = None):
+        self.task_class = task_class
         self.path = path
         self.items: list = []
         self._keys: set = set()
@@ -158,7 +149,7 @@ class TaskBuffer:
     def _load_line(self, line: bytes, where: str) -> bool:
         try:
             record = json.loads(line.decode("utf-8"))
-            task = InductionTask(**record) if "inputs" in record else Triplet(**record)
+            task = self.task_class(**record)
             _check_types(task)
         except Exception as e:  # corrupt JSON, bad UTF-8, wrong fields: skip, never fatal
             warnings.warn(f"skipping corrupt buffer line {where}: {type(e).__name__}: {e}")
@@ -167,7 +158,7 @@ class TaskBuffer:
         return True
 
     def _add(self, task) -> bool:
-        key = _task_key(task)
+        key = task.key()
         if key in self._keys:
             return False
         self._keys.add(key)
@@ -175,7 +166,7 @@ class TaskBuffer:
         return True
 
     def add(self, task) -> bool:
-        """Add a task unless one with the same program and input(s) is there; True if added."""
+        """Add a task unless one with the same key is there; True if added."""
         if not self._add(task):
             return False
         if self.path is not None:
@@ -284,46 +275,61 @@ def _rules(banned) -> str:
         f"- {INPUT_FORMAT}")
 
 
-def proposer_prompt(task_type: str, references, banned=BANNED_MODULES) -> str:
-    """The proposer's task text. deduction/abduction: references is a list of Triplets; induction: one
-    Triplet (or program)."""
-    if task_type == "induction":
-        program = references.program if isinstance(references, Triplet) else references
-        return (
-            "Here is a Python function:\n" + _fence("python", program) + "\nf(<input goes here>)\n\n"
-            f"Write {N_IO} different inputs for f that give diverse outputs and together reveal what "
-            f"f does. {INPUT_FORMAT} Put each input in its own ```input block. Then write a short "
-            "hint in a ```message block that helps someone guess f from input/output examples "
-            "without showing the code.\n\n"
-            "Answer format:\n<answer>\n" + _fence("input", "...") + "\n(10 input blocks in all)\n"
-            + _fence("message", "...") + "\n</answer>\n\n" + INDUCTION_PROPOSER_EXAMPLE)
-    goal = {"deduction": "predicting its output from the code and the input",
-            "abduction": "finding an input that produces its output"}[task_type]
+def induction_proposer_prompt(references: list[Triplet]) -> str:
+    """The induction proposer's task text: the program of its one reference Triplet."""
+    program = references[0].program
+    return (
+        "Here is a Python function:\n" + _fence("python", program) + "\nf(<input goes here>)\n\n"
+        f"Write {N_IO} different inputs for f that give diverse outputs and together reveal what "
+        f"f does. {INPUT_FORMAT} Put each input in its own ```input block. Then write a short "
+        "hint in a ```message block that helps someone guess f from input/output examples "
+        "without showing the code.\n\n"
+        "Answer format:\n<answer>\n" + _fence("input", "...") + "\n(10 input blocks in all)\n"
+        + _fence("message", "...") + "\n</answer>\n\n" + INDUCTION_PROPOSER_EXAMPLE)
+
+
+def deduction_proposer_prompt(references: list[Triplet]) -> str:
+    """The deduction proposer's task text: K reference Triplets."""
+    return _triplet_proposer_prompt("predicting its output from the code and the input", references)
+
+
+def abduction_proposer_prompt(references: list[Triplet]) -> str:
+    """The abduction proposer's task text: K reference Triplets."""
+    return _triplet_proposer_prompt("finding an input that produces its output", references)
+
+
+def _triplet_proposer_prompt(goal: str, references: list[Triplet]) -> str:
     shown = []
     for number, reference in enumerate(references, 1):
         shown.append(f"Reference {number}:\n" + _fence("python", reference.program) + "\n"
                      + _fence("input", reference.input) + "\n" + _fence("output", reference.output))
     return (
         "Create a new Python program f and one input for it, so that " + goal + " needs several "
-        "steps of reasoning. Make it different from the references.\n\n" + _rules(banned) + "\n\n"
+        "steps of reasoning. Make it different from the references.\n\n" + _rules(BANNED_MODULES) + "\n\n"
         + "\n\n".join(shown) + "\n\nAnswer format:\n<answer>\n" + _fence("python", "def f(...):\n    ...")
         + "\n" + _fence("input", "...") + "\n</answer>\n\n" + PROPOSER_EXAMPLE)
 
 
-def solver_prompt(task_type: str, task) -> str:
-    """The solver's task text. deduction/abduction: task is a Triplet; induction: an InductionTask."""
-    if task_type == "deduction":
-        return (
-            "Predict what this Python function returns for the given input.\n\n"
-            + _fence("python", task.program) + "\n" + _fence("input", task.input) + "\n\n"
-            "Answer with the returned value written as a Python literal:\n"
-            + _answer_format("output", "...") + "\n\n" + SOLVER_EXAMPLES["deduction"])
-    if task_type == "abduction":
-        return (
-            "Find an input for which this Python function returns the given output.\n\n"
-            + _fence("python", task.program) + "\n" + _fence("output", task.output) + "\n\n"
-            f"{INPUT_FORMAT} Any input that produces the output is correct. Answer with the input:\n"
-            + _answer_format("input", "...") + "\n\n" + SOLVER_EXAMPLES["abduction"])
+def deduction_solver_prompt(task: Triplet) -> str:
+    """The deduction solver's task text: program and input."""
+    return (
+        "Predict what this Python function returns for the given input.\n\n"
+        + _fence("python", task.program) + "\n" + _fence("input", task.input) + "\n\n"
+        "Answer with the returned value written as a Python literal:\n"
+        + _answer_format("output", "...") + "\n\n" + SOLVER_EXAMPLES["deduction"])
+
+
+def abduction_solver_prompt(task: Triplet) -> str:
+    """The abduction solver's task text: program and output."""
+    return (
+        "Find an input for which this Python function returns the given output.\n\n"
+        + _fence("python", task.program) + "\n" + _fence("output", task.output) + "\n\n"
+        f"{INPUT_FORMAT} Any input that produces the output is correct. Answer with the input:\n"
+        + _answer_format("input", "...") + "\n\n" + SOLVER_EXAMPLES["abduction"])
+
+
+def induction_solver_prompt(task: InductionTask) -> str:
+    """The induction solver's task text: the message and the shown pairs."""
     examples = "\n".join(_fence("input", i) + "\n" + _fence("output", o) for i, o in task.shown_pairs)
     return (
         "Write the Python function f that maps each input to its output in these examples.\n\n"
@@ -340,7 +346,7 @@ class Parsed:
     ok: bool
     reason: str  # "" when ok, else why the response or its payload was rejected
     answer: str = ""  # the text inside the last <answer>...</answer>
-    payload: Any = None  # propose: {"program", "input"} or {"inputs", "message"}; solve: str
+    payload: Any = None  # propose: a dict (parse_triplet_proposal, parse_induction_proposal); solve: str
 
 
 _THINK_THEN_ANSWER = re.compile(r"</think>\s*<answer>")
@@ -349,7 +355,7 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _FENCE = re.compile(r"```[ \t]*([A-Za-z]+)[ \t\r]*\n(.*?)```", re.DOTALL)
 
 
-def _check_program(src: str, one_function: bool = False) -> str:
+def program_error(src: str, one_function: bool = False) -> str:
     """"" if src parses and defines f at top level, else the reason. With one_function (proposals, as
     in the authors' code) f must be the only def in the whole syntax tree: no helpers, nested functions
     or methods; lambdas, top-level imports and constants stay allowed."""
@@ -387,13 +393,13 @@ def _parse_call(src: str):
     return call
 
 
-def _check_input(src: str) -> str:
+def input_error(src: str) -> str:
     if len(src) > MAX_VALUE_CHARS:
         return "payload_too_long"
     return "" if _parse_call(src) is not None else "bad_input"
 
 
-def _check_output(src: str) -> str:
+def output_error(src: str) -> str:
     """A predicted output is compared as a value by the executor, which never runs it. It need not
     even parse: a gold repr may not be Python (defaultdict(<class 'int'>, {}), <Color.RED: 1>) and the
     executor then compares text. So only emptiness and length are format errors here."""
@@ -416,13 +422,13 @@ def _answer_start(text: str):
     return first
 
 
-def parse_response(text: str, task_type: str, role: str = "solve", require_think: bool = True) -> Parsed:
-    """Parse a response that continues the prompt's "Assistant: <think>".
+def answer_block(text: str, require_think: bool = True) -> Parsed:
+    """The answer block of a response that continues the prompt's "Assistant: <think>": Parsed(True, "",
+    its text), or Parsed(False, why) when there is none. tasks.parse_response reads the payload from it.
 
     The prompt opened <think>, so the response starts inside the think block: we prepend "<think>"
     and require `<think>...</think>` then `<answer>...</answer>`; text after </answer> is ignored.
-    A response that opens <think> again is fine (the extra tag is just thinking text). When a fence
-    of one kind appears several times, the last one counts (a model may draft, then correct).
+    A response that opens <think> again is fine (the extra tag is just thinking text).
     require_think=False reads the last complete `<answer>...</answer>` wherever it is, thinking closed
     or not: how the authors score the learnability rollouts (reward_managers.py, the solver-accuracy
     estimate). Trained rollouts keep the full rule.
@@ -432,12 +438,12 @@ def parse_response(text: str, task_type: str, role: str = "solve", require_think
         answers = _ANSWER.findall(text)
         if not answers:
             return Parsed(False, "no_answer")
-        return _parse_answer(answers[-1], task_type, role)
+        return Parsed(True, "", answers[-1])
     first = _answer_start(text)
     if first is None:
         return Parsed(False, "no_think" if "</think>" not in text else "no_answer")
     answer = list(_ANSWER.finditer(text, first.start()))[-1].group(1)  # an <answer> in the thinking is not one
-    return _parse_answer(answer, task_type, role)
+    return Parsed(True, "", answer)
 
 
 def is_well_formed(text: str) -> bool:
@@ -445,51 +451,56 @@ def is_well_formed(text: str) -> bool:
     return _answer_start("<think>" + text) is not None
 
 
-def _parse_answer(answer: str, task_type: str, role: str) -> Parsed:
-    """The payload of one answer block's text for this task type and role."""
+# The payload parsers of one answer block's text. When a fence of one kind appears several times, the last
+# one counts (a model may draft, then correct).
+
+
+def parse_triplet_proposal(answer: str) -> Parsed:
+    """A deduction or abduction proposal: payload {"program", "input"}."""
     def fail(reason):
         return Parsed(False, reason, answer)
 
-    if role == "propose" and task_type in ("deduction", "abduction"):
-        programs = _fences(answer, "python")
-        inputs = _fences(answer, "input")
-        if not programs:
-            return fail("no_python_fence")
-        if not inputs:
-            return fail("no_input_fence")
-        reason = _check_program(programs[-1], one_function=True)
+    programs = _fences(answer, "python")
+    inputs = _fences(answer, "input")
+    if not programs:
+        return fail("no_python_fence")
+    if not inputs:
+        return fail("no_input_fence")
+    reason = program_error(programs[-1], one_function=True)
+    if reason:
+        return fail(reason)
+    reason = input_error(inputs[-1])
+    if reason:
+        return fail(reason)
+    return Parsed(True, "", answer, {"program": programs[-1], "input": inputs[-1]})
+
+
+def parse_induction_proposal(answer: str) -> Parsed:
+    """An induction proposal: the last N_IO input fences and a message; payload {"inputs", "message"}."""
+    def fail(reason):
+        return Parsed(False, reason, answer)
+
+    inputs = _fences(answer, "input")
+    messages = _fences(answer, "message")
+    if len(inputs) < N_IO:
+        return fail("few_inputs")
+    inputs = inputs[-N_IO:]
+    if not messages:
+        return fail("no_message_fence")
+    if not messages[-1]:
+        return fail("empty_message")
+    if len(messages[-1]) > MAX_MESSAGE_CHARS:
+        return fail("payload_too_long")
+    for inp in inputs:
+        reason = input_error(inp)
         if reason:
             return fail(reason)
-        reason = _check_input(inputs[-1])
-        if reason:
-            return fail(reason)
-        return Parsed(True, "", answer, {"program": programs[-1], "input": inputs[-1]})
-    if role == "propose":  # induction: the last N_IO input fences and a message
-        inputs = _fences(answer, "input")
-        messages = _fences(answer, "message")
-        if len(inputs) < N_IO:
-            return fail("few_inputs")
-        inputs = inputs[-N_IO:]
-        if not messages:
-            return fail("no_message_fence")
-        if not messages[-1]:
-            return fail("empty_message")
-        if len(messages[-1]) > MAX_MESSAGE_CHARS:
-            return fail("payload_too_long")
-        for inp in inputs:
-            reason = _check_input(inp)
-            if reason:
-                return fail(reason)
-        return Parsed(True, "", answer, {"inputs": inputs, "message": messages[-1]})
-    if task_type == "deduction":
-        tag = "output"
-        check = _check_output
-    elif task_type == "abduction":
-        tag = "input"
-        check = _check_input
-    else:
-        tag = "python"
-        check = _check_program
+    return Parsed(True, "", answer, {"inputs": inputs, "message": messages[-1]})
+
+
+def parse_solver_answer(tag: str, payload_error, answer: str) -> Parsed:
+    """A solver's answer: the last ```tag fence, checked by payload_error (program_error, input_error or
+    output_error); payload the fence's text."""
     found = _fences(answer, tag)
     if found:
         payload = found[-1]
@@ -498,127 +509,14 @@ def _parse_answer(answer: str, task_type: str, role: str) -> Parsed:
         # (<answer>[1, 9]</answer> is a deduction answer).
         payload = textwrap.dedent(answer).strip()
     if not payload:
-        return fail("empty_answer")
-    reason = check(payload)
+        return Parsed(False, "empty_answer", answer)
+    reason = payload_error(payload)
     if reason:
-        return fail(reason)
+        return Parsed(False, reason, answer)
     return Parsed(True, "", answer, payload)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Scoring (docs/algorithm.md, Validating a proposal and Rewards): one executor.run_batch call per function, for the whole batch.
-
-
-@dataclass
-class Proposal:
-    parsed: Parsed
-    task: Triplet | InductionTask | None  # the validated task, None unless valid
-    status: str  # executor status ("ok" when valid), or the parse reason when malformed
-
-    @property
-    def valid(self) -> bool:
-        return self.task is not None
-
-
-@dataclass
-class Solution:
-    parsed: Parsed
-    correct: bool
-    reward: float  # composite reward (eq. 6)
-    status: str  # executor status, or the parse reason when malformed
-
-
-def _distinct_key(src: str) -> str:
-    # Inputs are distinct when their syntax trees differ, so [1,2] and [1, 2] count as the same input.
+def input_syntax(src: str) -> str:
+    """The syntax tree of a well-formed input as text: inputs are distinct when their trees differ, so
+    [1,2] and [1, 2] count as the same input."""
     return ast.dump(_parse_call(src))
-
-
-def score_proposals(executor, task_type: str, responses: list[str],
-                    references_or_programs=None) -> list[Proposal]:
-    """Validate proposer responses (docs/algorithm.md, Validating a proposal). For induction, references_or_programs[j] is the program
-    (a Triplet or its source) that response j proposed inputs for; deduction/abduction ignore it."""
-    parsed = [parse_response(r, task_type, "propose") for r in responses]
-    calls = []
-    owners = []  # owners[c] = index of the response that call c belongs to
-    status = [p.reason for p in parsed]
-    programs = [None] * len(responses)
-    for j, p in enumerate(parsed):
-        if not p.ok:
-            continue
-        if task_type == "induction":
-            source = references_or_programs[j]
-            programs[j] = source.program if isinstance(source, Triplet) else source
-            if len({_distinct_key(i) for i in p.payload["inputs"]}) < N_IO:
-                status[j] = "duplicate_inputs"
-                continue
-            pairs = [(programs[j], i) for i in p.payload["inputs"]]
-        else:
-            programs[j] = p.payload["program"]
-            pairs = [(programs[j], p.payload["input"])]
-        for program, inp in pairs:
-            calls.append(("validate", program, inp))
-            owners.append(j)
-    results = executor.run_batch(calls) if calls else []
-    outputs: dict[int, list[str]] = {}
-    for j, result in zip(owners, results):
-        outputs.setdefault(j, []).append(result.output)
-        if status[j] == "":
-            status[j] = result.status if result.status != "ok" else ""
-    proposals = []
-    for j, p in enumerate(parsed):
-        task = None
-        if p.ok and status[j] == "":
-            outs = outputs[j]
-            # A program must return a value. A triplet whose output is None (e.g. f prints instead
-            # of returning) is rejected; an induction task needs at least one non-None output.
-            if all(o == "None" for o in outs):
-                status[j] = "returns_none"
-            elif task_type == "induction":
-                task = InductionTask(programs[j], p.payload["message"], list(p.payload["inputs"]), outs)
-            else:
-                task = Triplet(programs[j], p.payload["input"], outs[0])
-        proposals.append(Proposal(p, task, "ok" if task is not None else status[j]))
-    return proposals
-
-
-def score_solutions(executor, task_type: str, tasks: list, responses: list[str],
-                    rewards: Rewards = Rewards(), require_think: bool = True) -> list[Solution]:
-    """Score solver responses against their tasks (tasks[j] goes with responses[j]).
-    require_think: see parse_response (False for the learnability rollouts)."""
-    parsed = [parse_response(r, task_type, "solve", require_think) for r in responses]
-    calls = []
-    owners = []  # owners[c] = index of the response that call c belongs to
-    for j, (task, p) in enumerate(zip(tasks, parsed)):
-        if not p.ok:
-            continue
-        if task_type == "deduction":
-            calls.append(("check_output", task.program, task.input, p.payload))
-        elif task_type == "abduction":  # the executor accepts only literal data (and the program's
-            # own classes) as an answer, so f(...) or an object with a rigged __eq__ scores as wrong
-            calls.append(("check_input", task.program, p.payload, task.output))
-        else:  # induction: the candidate must reproduce every hidden pair
-            calls.append(("check_program", p.payload, task.hidden_pairs))
-        owners.append(j)
-    results = dict(zip(owners, executor.run_batch(calls) if calls else []))
-    solutions = []
-    for j, p in enumerate(parsed):
-        if not p.ok:
-            solutions.append(Solution(p, False, rewards.format_error, p.reason))
-            continue
-        correct = results[j].status == "ok"
-        solutions.append(Solution(p, correct, 1.0 if correct else rewards.wrong, results[j].status))
-    return solutions
-
-
-def proposer_reward(proposal: Proposal, solve_rate: float | None, rewards: Rewards = Rewards()) -> float:
-    """Eq. 6 for a proposer, with the authors' mapping: -1 malformed or invalid, -0.5 for a valid task
-    that is trivial or impossible for the solver (s = 1 or s = 0), else the learnability 1 - s (eq. 4).
-    A valid task without a measured solve rate (its solver prompt was too long to roll out) counts as
-    unlearnable."""
-    if not proposal.parsed.ok:
-        return rewards.format_error
-    if not proposal.valid:
-        return rewards.invalid
-    if solve_rate is None or not 0.0 < solve_rate < 1.0:  # NaN fails the comparison too
-        return rewards.unlearnable
-    return 1.0 - solve_rate

@@ -1,7 +1,8 @@
 """Run untrusted, model-written Python safely and fast: the pool of warm sandbox workers that the trainer
-drives through `Executor.run_batch`, and the trainer-facing names (the banned-module list, the static checks
-buffers.py uses, value_of). The worker, its checks and value codec are in executor_worker.py; the OS
-isolation and the forker in sandbox.py. Both are standard library only and run in `python -S` workers.
+drives through `Executor.run_batch`, the trainer-facing names (the banned-module list, the static checks
+buffers.py uses, value_of), and `run_grouped`, which runs the calls of many items as one batch. The worker,
+its checks and value codec are in executor_worker.py; the OS isolation and the forker in sandbox.py. Both
+are standard library only and run in `python -S` workers.
 
 Three processes take part in a call, and only the last one runs model-written code:
 - the trainer sends the call (op, program, inputs, and the values to check against) to a worker, as
@@ -204,3 +205,27 @@ def run_batch_with_progress(executor, calls, chunk, desc, unit="prog", leave=Tru
             results.extend(executor.run_batch(batch))
             bar.update(len(batch))
     return results
+
+
+def flatten(groups):
+    """A list of lists -> one list: the first list's items, then the second's, ..."""
+    flat = []
+    for group in groups:
+        flat.extend(group)
+    return flat
+
+
+def run_grouped(run, groups):
+    """Run the items of every group in one batch and give the results back per group: `run` gets the
+    flat list of all items (flatten) and returns one result per item, in order; the results come back
+    as one slice of them per group, in the groups' order. A group may be empty; `run` is not called
+    when every group is. One batch because each call is costly to start (an executor round trip, a
+    decoding batch, a collective), and the items of one call are independent."""
+    flat = flatten(groups)
+    results = run(flat) if flat else []
+    per_group = []
+    start = 0
+    for group in groups:
+        per_group.append(results[start:start + len(group)])
+        start += len(group)
+    return per_group

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import importlib
 import json
-import math
 import os
 import random
 import secrets
@@ -32,9 +31,9 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
 
-import buffers
-from buffers import ROLES, TASK_TYPES, TaskBuffer
+from buffers import TaskBuffer
 from model import Transformer, save_hf_checkpoint
+from tasks import ROLES, TASKS
 
 
 # ----------------------------------------------------------------------------- the directory and config
@@ -66,7 +65,7 @@ def open_buffers(cfg, rank):
     other ranks load the same content afterwards and keep their copies in memory only.
     """
     if rank == 0 and cfg.seed_from and not cfg.resume:
-        for task_type in TASK_TYPES:
+        for task_type in TASKS:
             shutil.copyfile(os.path.join(cfg.seed_from, "seeds", f"{task_type}.jsonl"),
                             os.path.join(cfg.out, f"buffer_{task_type}.jsonl"))
     if rank == 0:
@@ -80,15 +79,12 @@ def open_buffers(cfg, rank):
 
 def load_buffers(run_dir, writable):
     buffer_map = {}
-    for task_type in TASK_TYPES:
-        buffer = TaskBuffer(os.path.join(run_dir, f"buffer_{task_type}.jsonl"))
+    for task_type, kind in TASKS.items():
+        buffer = TaskBuffer(kind.task_class, os.path.join(run_dir, f"buffer_{task_type}.jsonl"))
         if not writable:
             buffer.path = None  # loaded; appends stay in memory
         if len(buffer) == 0:
-            if task_type == "induction":
-                buffer.add(buffers.identity_induction_task())
-            else:
-                buffer.add(buffers.identity_triplet())
+            buffer.add(kind.identity_seed())
         buffer_map[task_type] = buffer
     return buffer_map
 
@@ -101,7 +97,7 @@ def save_seeds(run_dir, buffer_map):
     """Copy the seeded buffers to run_dir/seeds (atomically) for --resume and --seed-from."""
     seeds_dir = os.path.join(run_dir, "seeds")
     os.makedirs(seeds_dir + ".tmp", exist_ok=True)
-    for task_type in TASK_TYPES:
+    for task_type in TASKS:
         shutil.copyfile(buffer_map[task_type].path, os.path.join(seeds_dir + ".tmp", f"{task_type}.jsonl"))
     os.replace(seeds_dir + ".tmp", seeds_dir)
 
@@ -110,13 +106,13 @@ def save_seeds(run_dir, buffer_map):
 def group_metrics(summaries):
     """Per (type, role) group: mean reward, format-error rate, validity, solve rate, length."""
     metrics = {}
-    for task_type in TASK_TYPES:
+    for task_type in TASKS:
         for role in ROLES:
             name = f"{task_type}/{role}"
             group = [s for s in summaries if s["group"] == name]
             if not group:
                 continue
-            solve_rates = [s["solve_rate"] for s in group if not math.isnan(s["solve_rate"])]
+            solve_rates = [s["solve_rate"] for s in group if s["solve_rate"] is not None]
             metrics[f"{name}/reward"] = sum(s["reward"] for s in group) / len(group)
             metrics[f"{name}/format_rate"] = sum(s["format_ok"] for s in group) / len(group)
             if solve_rates:
@@ -265,13 +261,13 @@ def step_summary(metrics, steps):
         return f"{metrics[key]:{sign}.2f}"
 
     parts = [f"step {metrics['step']}/{steps}"]
-    for t in TASK_TYPES:
+    for t in TASKS:
         # the format rates make a collapse visible at once: a group that is all malformed has zero
         # reward variance, so TRR++ gives it no gradient to recover with
         parts.append(f"{t[:3]} P {fmt(f'{t}/propose/reward', '+')} fmt {fmt(f'{t}/propose/format_rate')} "
                      f"valid {fmt(f'{t}/propose/validity_rate')} S {fmt(f'{t}/solve/reward', '+')} "
                      f"fmt {fmt(f'{t}/solve/format_rate')} acc {fmt(f'{t}/solve/solve_rate')}")
-    buffer_sizes = "/".join(str(metrics[f"buffer/{t}"]) for t in TASK_TYPES)
+    buffer_sizes = "/".join(str(metrics[f"buffer/{t}"]) for t in TASKS)
     parts.append("buf " + buffer_sizes)
     parts.append(f"{metrics['tokens_per_s']:.0f} tok/s")
     parts.append(f"sample {metrics['time/sampling']:.0f}s exec {metrics['time/execution']:.0f}s "

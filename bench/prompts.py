@@ -16,25 +16,25 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import buffers  # noqa: E402
-from buffers import TASK_TYPES, TaskBuffer  # noqa: E402
+from buffers import TaskBuffer  # noqa: E402
 from executor import Executor  # noqa: E402
 from model import default_stop_ids, generate, int8_decoder, load_model, recorded_prompt_format  # noqa: E402
+from tasks import ROLES, TASKS, reference_pool, score_proposals, score_solutions  # noqa: E402
 
 
 def task_texts(seed_buffers, task_type, role, count, num_references, rng):
-    """`count` (task text, what it was built from) pairs for one group, as the trainer draws them."""
-    triplets = seed_buffers["deduction"].items + seed_buffers["abduction"].items
+    """`count` (task text, what it was built from) pairs for one group, as the trainer draws them: a
+    proposer's references (tasks.reference_pool, the record's draw), a solver's task."""
+    kind = TASKS[task_type]
+    pool = reference_pool(seed_buffers, task_type)
     jobs = []
     for _ in range(count):
-        if role == "propose" and task_type == "induction":
-            program = rng.choice(triplets)
-            jobs.append((buffers.proposer_prompt(task_type, program), program))
-        elif role == "propose":
-            references = seed_buffers[task_type].sample(num_references, rng)
-            jobs.append((buffers.proposer_prompt(task_type, references), references))
+        if role == "propose":
+            references = kind.draw_references(pool, num_references, rng)
+            jobs.append((kind.proposer_prompt(references), references))
         else:
             task = rng.choice(seed_buffers[task_type].items)
-            jobs.append((buffers.solver_prompt(task_type, task), task))
+            jobs.append((kind.solver_prompt(task), task))
     return jobs
 
 
@@ -53,11 +53,11 @@ def main():
     args = parser.parse_args()
 
     seed_buffers = {}
-    for task_type in TASK_TYPES:
+    for task_type, kind in TASKS.items():
         path = os.path.join(args.seeds, f"{task_type}.jsonl")
         if not os.path.isfile(path):
             sys.exit(f"bench/prompts.py: no {path}: pass a run's seeds/ folder")
-        seed_buffers[task_type] = TaskBuffer(path)
+        seed_buffers[task_type] = TaskBuffer(kind.task_class, path)
     model, tokenizer = load_model(args.model)
     prompt_format = args.prompt_format
     if prompt_format == "auto":
@@ -65,8 +65,8 @@ def main():
     rng = random.Random(args.seed)
     groups = []  # (task_type, role, jobs)
     prompts = []
-    for task_type in TASK_TYPES:
-        for role in buffers.ROLES:
+    for task_type in TASKS:
+        for role in ROLES:
             jobs = task_texts(seed_buffers, task_type, role, args.samples, args.num_references, rng)
             groups.append((task_type, role, jobs))
             for text, _ in jobs:
@@ -82,13 +82,12 @@ def main():
             group_texts = texts[index * args.samples:(index + 1) * args.samples]
             group_prompts = prompts[index * args.samples:(index + 1) * args.samples]
             if role == "propose":
-                programs = [source for _, source in jobs] if task_type == "induction" else None
-                proposals = buffers.score_proposals(executor, task_type, group_texts, programs)
+                proposals = score_proposals(executor, task_type, group_texts, [references for _, references in jobs])
                 well_formed = sum(p.parsed.ok for p in proposals)
                 valid = sum(p.valid for p in proposals)
                 failures = [p.status for p in proposals if not p.valid]
             else:
-                solutions = buffers.score_solutions(executor, task_type, [task for _, task in jobs], group_texts)
+                solutions = score_solutions(executor, task_type, [task for _, task in jobs], group_texts)
                 well_formed = sum(s.parsed.ok for s in solutions)
                 valid = sum(s.correct for s in solutions)
                 failures = [s.status for s in solutions if not s.parsed.ok]

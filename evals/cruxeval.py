@@ -1,8 +1,9 @@
 """CRUXEval-O (output prediction) and CRUXEval-I (input prediction), prompted with the trainer's solver
 prompts (deduction for -O, abduction for -I, as the paper evaluates) and scored as facebookresearch/cruxeval
 `evaluation/` scores them."""
-from buffers import Triplet, parse_response, solver_prompt
+from buffers import Triplet
 from evals.common import SCRIPT_SANDBOX, Benchmark, load_records, score_scripts
+from tasks import TASKS, parse_response
 
 FIELDS = ("code", "input", "output")
 
@@ -58,7 +59,7 @@ def well_formed(response, task_type):
 
 CRUXEVAL_O = Benchmark(
     load=load,
-    prompt=lambda problem: solver_prompt("deduction", Triplet(problem["code"], problem["input"], "")),
+    prompt=lambda problem: TASKS["deduction"].solver_prompt(Triplet(problem["code"], problem["input"], "")),
     wraps_prompt=True,
     answer=lambda response: answer(response, "deduction"),
     score=score_output_predictions,
@@ -69,7 +70,7 @@ CRUXEVAL_O = Benchmark(
 
 CRUXEVAL_I = Benchmark(
     load=load,
-    prompt=lambda problem: solver_prompt("abduction", Triplet(problem["code"], "", problem["output"])),
+    prompt=lambda problem: TASKS["abduction"].solver_prompt(Triplet(problem["code"], "", problem["output"])),
     wraps_prompt=True,
     answer=lambda response: answer(response, "abduction"),
     score=score_input_predictions,

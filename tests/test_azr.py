@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM
 
 import azr
 import rundir
-from buffers import TASK_TYPES, TaskBuffer
+from buffers import TaskBuffer
 from model import ModelConfig, Sample, Transformer, load_model
+from tasks import TASKS
 from trr import trr_advantages
 
 
@@ -260,9 +261,10 @@ def test_two_steps_end_to_end(tiny_checkpoint, tmp_path):
             assert m[f"{task_type}/propose/validity_rate"] == pytest.approx(0.5)
         assert m["induction/propose/format_rate"] == pytest.approx(0.5)
     # seeding plus two steps of valid proposals grew every buffer, on disk too
-    for task_type in TASK_TYPES:
+    for task_type in TASKS:
         assert len(buffer_map[task_type]) > 1
-        assert len(TaskBuffer(str(tmp_path / "run" / f"buffer_{task_type}.jsonl"))) == len(buffer_map[task_type])
+        on_disk = TaskBuffer(TASKS[task_type].task_class, str(tmp_path / "run" / f"buffer_{task_type}.jsonl"))
+        assert len(on_disk) == len(buffer_map[task_type])
         assert os.path.isfile(tmp_path / "run" / "seeds" / f"{task_type}.jsonl")
     # rewards reached the update: the weights moved
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, initial[k])]
@@ -284,7 +286,7 @@ def fixed_rollouts(count=8):
     for i in range(count):
         prompt = torch.randint(0, 49152, (5 + i % 3,), generator=generator).tolist()
         response = torch.randint(0, 49152, (2 + (i * 5) % 7,), generator=generator).tolist()
-        rollouts.append(azr.Rollout(TASK_TYPES[i % 3], ("propose", "solve")[i % 2], prompt, response, "",
+        rollouts.append(azr.Rollout(list(TASKS)[i % 3], ("propose", "solve")[i % 2], prompt, response, "",
                                     reward=float(i % 4) - 1.5))
     return rollouts
 
@@ -366,7 +368,7 @@ def ddp_worker(rank, world, port, checkpoint, out, results):
                          fixed_rollouts(), world, micro_batch_size=2)
         trained, buffer_map = azr.train(tiny_config(checkpoint, out, steps=1), sample_fn=ScriptedSampler(tokenizer))
         torch.save({"grads": grads, "params": trained.state_dict(),
-                    "buffers": {t: [vars(task) for task in buffer_map[t]] for t in TASK_TYPES}},
+                    "buffers": {t: [vars(task) for task in buffer_map[t]] for t in TASKS}},
                    os.path.join(results, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
@@ -416,7 +418,7 @@ def test_resume_after_sigkill_loses_nothing(tiny_checkpoint, tmp_path):
     process.start()
     process.join(timeout=300)
     assert process.exitcode == -signal.SIGKILL
-    before = {t: read_jsonl(out / f"buffer_{t}.jsonl") for t in TASK_TYPES}
+    before = {t: read_jsonl(out / f"buffer_{t}.jsonl") for t in TASKS}
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1]
     seeded = read_jsonl(out / "seeds" / "deduction.jsonl")
     assert len(before["deduction"]) > len(seeded) + 2  # steps 1 and 2 both added tasks
@@ -424,7 +426,7 @@ def test_resume_after_sigkill_loses_nothing(tiny_checkpoint, tmp_path):
     _, tokenizer = load_model(str(tiny_checkpoint))
     cfg = azr.parse_config(["--resume", str(out), "--steps", "3"])
     _, buffer_map = azr.train(cfg, sample_fn=ScriptedSampler(tokenizer))
-    for task_type in TASK_TYPES:  # every entry written before the kill survives, in order
+    for task_type in TASKS:  # every entry written before the kill survives, in order
         after = [vars(task) for task in buffer_map[task_type]]
         assert after[:len(before[task_type])] == before[task_type]
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
@@ -455,7 +457,7 @@ class StepOneLogged:
     def __call__(self):
         if not os.path.isfile(os.path.join(self.out, "metrics.jsonl")):
             return False
-        self.sizes = {t: len(read_jsonl(os.path.join(self.out, f"buffer_{t}.jsonl"))) for t in TASK_TYPES}
+        self.sizes = {t: len(read_jsonl(os.path.join(self.out, f"buffer_{t}.jsonl"))) for t in TASKS}
         with open(os.path.join(self.out, "sizes_when_signalled.json"), "w") as f:
             json.dump(self.sizes, f)
         return True
@@ -506,10 +508,10 @@ def test_sigterm_finishes_the_step_then_resume_continues(tiny_checkpoint, tmp_pa
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2]
     assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 2
     assert optimizer_steps(out) == {2}
-    before = {t: read_jsonl(out / f"buffer_{t}.jsonl") for t in TASK_TYPES}
+    before = {t: read_jsonl(out / f"buffer_{t}.jsonl") for t in TASKS}
 
     buffer_map = resume_to_step_three(tiny_checkpoint, out)
-    for task_type in TASK_TYPES:
+    for task_type in TASKS:
         after = [vars(task) for task in buffer_map[task_type]]
         assert after[:len(before[task_type])] == before[task_type]
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
@@ -527,7 +529,7 @@ def test_sigterm_before_the_buffers_change_gives_up_the_step(tiny_checkpoint, tm
     assert run_signalled(tiny_checkpoint, out, "before buffers", times=1) == 128 + signal.SIGTERM
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1]
     sizes = json.loads((out / "sizes_when_signalled.json").read_text())
-    assert {t: len(read_jsonl(out / f"buffer_{t}.jsonl")) for t in TASK_TYPES} == sizes
+    assert {t: len(read_jsonl(out / f"buffer_{t}.jsonl")) for t in TASKS} == sizes
     assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["step"] == 1
     assert optimizer_steps(out) == {1}
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-import buffers
-from buffers import TASK_TYPES, TaskBuffer
+from buffers import TaskBuffer
+from tasks import ROLES, TASKS
 from test_model import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,13 +74,12 @@ def test_bench_executor_tiny_run():
 
 @pytest.mark.slow
 def test_bench_prompts_tiny_run(tiny_checkpoint, tmp_path):
-    for task_type in TASK_TYPES:
-        seed = buffers.identity_induction_task() if task_type == "induction" else buffers.identity_triplet()
-        TaskBuffer(str(tmp_path / f"{task_type}.jsonl")).add(seed)
+    for task_type, kind in TASKS.items():
+        TaskBuffer(kind.task_class, str(tmp_path / f"{task_type}.jsonl")).add(kind.identity_seed())
     out = run_bench("prompts.py", "--seeds", tmp_path, "--model", tiny_checkpoint, "--samples", 2,
                     "--max-new-tokens", 4)
-    rows = [row for row in table_rows(out) if row[0] in TASK_TYPES]
-    assert [(row[0], row[1]) for row in rows] == [(t, role) for t in TASK_TYPES for role in buffers.ROLES]
+    rows = [row for row in table_rows(out) if row[0] in TASKS]
+    assert [(row[0], row[1]) for row in rows] == [(t, role) for t in TASKS for role in ROLES]
     assert all(row[2].endswith("/2") for row in rows)
 
 

@@ -1,15 +1,16 @@
-"""Tests for buffers.py: parsing, validation and rewards for all six (type, role) pairs against the real
-executor, learnability, the identity seeds, prompts, and JSONL buffers (persistence and sampling)."""
+"""Tests for buffers.py and tasks.py: parsing, validation and rewards for all six (type, role) pairs against
+the real executor, learnability, the identity seeds, prompts, and JSONL buffers (persistence and sampling)."""
 import random
 import warnings
 
 import pytest
 
 import buffers
-from buffers import (N_IO, InductionTask, Rewards, TaskBuffer, Triplet, format_prompt,
-                     identity_induction_task, identity_triplet, parse_response, proposer_prompt,
-                     proposer_reward, score_proposals, score_solutions, solver_prompt)
+import tasks
+from buffers import N_IO, InductionTask, TaskBuffer, Triplet, format_prompt, identity_induction_task, identity_triplet
 from executor import BANNED_MODULES, Executor
+from tasks import (ROLES, TASKS, Rewards, parse_response, proposer_reward, score_proposals, score_solutions,
+                   solver_reward)
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +130,11 @@ SOLVE_TABLE = ([("deduction",) + c for c in DEDUCTION_SOLVE] + [("abduction",) +
 
 def test_solver_table(executor):
     """All solver cases of all three types; one run_batch call per type."""
-    for task_type in buffers.TASK_TYPES:
+    for task_type in TASKS:
         cases = [c for c in SOLVE_TABLE if c[0] == task_type]
         solutions = score_solutions(executor, task_type, [c[2] for c in cases], [c[3] for c in cases])
         for (_, name, _, _, expected), solution in zip(cases, solutions):
-            assert solution.reward == expected, (task_type, name, solution)
+            assert solver_reward(solution) == expected, (task_type, name, solution)
             assert solution.correct == (expected == 1.0), (task_type, name)
             assert solution.parsed.ok == (expected != -1.0), (task_type, name)
 
@@ -141,7 +142,7 @@ def test_solver_table(executor):
 def test_solver_rewards_come_from_config(executor):
     rewards = Rewards(format_error=-3.0, wrong=-0.25)
     responses = [answer("output", "[1, 2]"), answer("output", "[2]"), respond(" ")]
-    got = [s.reward for s in score_solutions(executor, "deduction", [SORT] * 3, responses, rewards)]
+    got = [solver_reward(s, rewards) for s in score_solutions(executor, "deduction", [SORT] * 3, responses)]
     assert got == [1.0, -0.25, -3.0]
 
 
@@ -157,7 +158,7 @@ def test_learnability_scoring_reads_the_answer_block_alone(executor):
     trained = score_solutions(executor, "deduction", [SORT] * 4, responses)
     assert [s.correct for s in learnability] == [True, False, False, True]
     assert [s.parsed.ok for s in learnability] == [True, True, False, True]
-    assert [s.reward for s in trained] == [-1.0, -1.0, -1.0, 1.0]
+    assert [solver_reward(s) for s in trained] == [-1.0, -1.0, -1.0, 1.0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -243,7 +244,7 @@ def test_induction_proposer_table(executor):
     # One program for every case: 2x + 1 on ints, len on tuples, and a TypeError on the string 'a'.
     program = "def f(x=0):\n    return 2 * x + 1 if isinstance(x, int) else len(x) + x[0] * 0"
     proposals = score_proposals(executor, "induction", [c[1] for c in INDUCTION_PROPOSE],
-                                [Triplet(program, "1", "3")] * len(INDUCTION_PROPOSE))
+                                [[Triplet(program, "1", "3")]] * len(INDUCTION_PROPOSE))
     for (name, _, expected, status), proposal in zip(INDUCTION_PROPOSE, proposals):
         assert proposer_reward(proposal, 0.25) == expected, (name, proposal.status)
         assert proposal.status == status, (name, proposal.status)
@@ -254,15 +255,10 @@ def test_induction_proposer_table(executor):
     assert proposals[2].task.inputs == AFFINE_INPUTS
 
 
-def test_induction_program_may_be_given_as_source(executor):
-    [proposal] = score_proposals(executor, "induction", [induction_proposal(AFFINE_INPUTS)], [AFFINE.program])
-    assert proposal.valid and proposal.task.outputs == AFFINE.outputs
-
-
 def test_proposer_reward_is_learnability_with_the_authors_mapping():
-    valid = buffers.Proposal(buffers.Parsed(True, ""), identity_triplet(), "ok")
-    invalid = buffers.Proposal(buffers.Parsed(True, ""), None, "error")
-    malformed = buffers.Proposal(buffers.Parsed(False, "no_think"), None, "no_think")
+    valid = tasks.Proposal(buffers.Parsed(True, ""), identity_triplet(), "ok")
+    invalid = tasks.Proposal(buffers.Parsed(True, ""), None, "error")
+    malformed = tasks.Proposal(buffers.Parsed(False, "no_think"), None, "no_think")
     # valid but solved always or never: -0.5; no measured rate (prompt too long to roll out): the same
     got = [proposer_reward(valid, s) for s in (0.0, 1 / 8, 7 / 8, 1.0, float("nan"), None)]
     assert got == [-0.5, 7 / 8, 1 / 8, -0.5, -0.5, -0.5]
@@ -288,7 +284,7 @@ class CountingExecutor:
 def test_scoring_is_one_batch_per_call(executor):
     counting = CountingExecutor(executor)
     score_solutions(counting, "deduction", [SORT] * 40, [answer("output", f"[{i}]") for i in range(40)])
-    score_proposals(counting, "induction", [induction_proposal(AFFINE_INPUTS)] * 5, [AFFINE.program] * 5)
+    score_proposals(counting, "induction", [induction_proposal(AFFINE_INPUTS)] * 5, [[identity_triplet()]] * 5)
     assert counting.calls == 2
     score_solutions(counting, "abduction", [SORT] * 3, ["garbage"] * 3)  # nothing to run
     assert counting.calls == 2
@@ -300,8 +296,8 @@ def test_parse_never_raises():
                 "\n", " ", "f(", ")", "def f(x):", "return", "'", "\x00", "é", "[", "1", ","]
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(40)))
-        for task_type in buffers.TASK_TYPES:
-            for role in buffers.ROLES:
+        for task_type in TASKS:
+            for role in ROLES:
                 parsed = parse_response(text, task_type, role)
                 assert parsed.ok == (parsed.reason == "")
     deep = answer("output", "[" * 100_000)
@@ -364,22 +360,21 @@ def test_worked_examples_are_well_formed_and_correct(executor):
 def test_prompts():
     references = [identity_triplet(), SORT]
     for task_type in ("deduction", "abduction"):
-        text = proposer_prompt(task_type, references)
+        text = TASKS[task_type].proposer_prompt(references)
         assert "no helper functions" in text and "Example of a complete response" in text
         assert "Reference 1:\n```python\ndef f(a):" in text and "Reference 2:\n```python\n" + SORT.program in text
         assert "```input\n[3, 1, 2], 2\n```\n```output\n[1, 2]\n```" in text
         assert all(module in text for module in BANNED_MODULES)
-        assert len(proposer_prompt(task_type, [SORT] * 6)) < 4000  # short enough for small models
-    text = proposer_prompt("induction", SORT)
+        assert len(TASKS[task_type].proposer_prompt([SORT] * 6)) < 4000  # short enough for small models
+    text = TASKS["induction"].proposer_prompt([SORT])
     assert SORT.program in text and "f(<input goes here>)" in text and "```message" in text
-    assert proposer_prompt("induction", SORT.program) == text
 
-    deduction = solver_prompt("deduction", SORT)
+    deduction = TASKS["deduction"].solver_prompt(SORT)
     assert SORT.program in deduction and SORT.input in deduction and "[1, 2]" not in deduction
     assert "```output" in deduction
-    abduction = solver_prompt("abduction", SORT)
+    abduction = TASKS["abduction"].solver_prompt(SORT)
     assert "```output\n[1, 2]\n```" in abduction and "[3, 1, 2]" not in abduction and "```input" in abduction
-    induction = solver_prompt("induction", AFFINE)
+    induction = TASKS["induction"].solver_prompt(AFFINE)
     assert AFFINE.message in induction and "2 * x" not in induction and "```python" in induction
     assert all(f"```input\n{i}\n```" in induction for i in AFFINE.inputs[:5])
     assert not any(f"```input\n{i}\n```" in induction for i in AFFINE.inputs[5:])  # hidden pairs stay hidden
@@ -390,55 +385,55 @@ def test_prompts():
 
 def test_buffer_dedupe_and_jsonl_round_trip(tmp_path):
     path = str(tmp_path / "ded.jsonl")
-    buffer = TaskBuffer(path)
+    buffer = TaskBuffer(Triplet, path)
     assert buffer.add(identity_triplet()) and buffer.add(SORT) and buffer.add(UNICODE)
     assert not buffer.add(Triplet(SORT.program, SORT.input, "anything"))  # same (program, input)
     assert buffer.add(Triplet(SORT.program, "[5], 1", "[5]"))
     assert len(buffer) == 4
-    reloaded = TaskBuffer(path)
+    reloaded = TaskBuffer(Triplet, path)
     assert list(reloaded) == list(buffer)
     assert buffer.items == [identity_triplet(), SORT, UNICODE, Triplet(SORT.program, "[5], 1", "[5]")]
     assert not reloaded.add(SORT)
 
     ind_path = str(tmp_path / "ind.jsonl")
-    induction = TaskBuffer(ind_path)
+    induction = TaskBuffer(InductionTask, ind_path)
     assert induction.add(identity_induction_task()) and induction.add(AFFINE)
     assert not induction.add(InductionTask(AFFINE.program, "other hint", list(AFFINE.inputs), AFFINE.outputs))
-    assert TaskBuffer(ind_path).items == [identity_induction_task(), AFFINE]
-    assert TaskBuffer().add(SORT)  # in memory only
+    assert TaskBuffer(InductionTask, ind_path).items == [identity_induction_task(), AFFINE]
+    assert TaskBuffer(Triplet).add(SORT)  # in memory only
 
 
 def test_buffer_survives_truncated_last_line(tmp_path):
     path = tmp_path / "abd.jsonl"
-    buffer = TaskBuffer(str(path))
+    buffer = TaskBuffer(Triplet, str(path))
     for i in range(5):
         buffer.add(Triplet(SORT.program, f"[{i}], 1", f"[{i}]"))
     data = path.read_bytes()
     path.write_bytes(data[:-20])  # killed in the middle of writing the 5th line
     with pytest.warns(UserWarning, match="corrupt"):
-        resumed = TaskBuffer(str(path))
+        resumed = TaskBuffer(Triplet, str(path))
     assert resumed.items == buffer.items[:4]
     assert resumed.add(Triplet(SORT.program, "[9], 1", "[9]"))  # appends start on a clean line
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        again = TaskBuffer(str(path))
+        again = TaskBuffer(Triplet, str(path))
     assert again.items == buffer.items[:4] + [Triplet(SORT.program, "[9], 1", "[9]")]
 
 
 def test_buffer_skips_corrupt_middle_line(tmp_path):
     path = tmp_path / "ded.jsonl"
-    TaskBuffer(str(path)).add(SORT)
+    TaskBuffer(Triplet, str(path)).add(SORT)
     with open(path, "a") as fh:
         fh.write('{"program": "x"}\nnot json\n{"program": 1, "input": 2, "output": 3}\n[1]\n')
     with pytest.warns(UserWarning, match="corrupt"):
-        TaskBuffer(str(path)).add(UNICODE)
+        TaskBuffer(Triplet, str(path)).add(UNICODE)
     with pytest.warns(UserWarning, match="corrupt"):
-        assert TaskBuffer(str(path)).items == [SORT, UNICODE]
+        assert TaskBuffer(Triplet, str(path)).items == [SORT, UNICODE]
 
 
 def test_sampling_is_reproducible_and_identical_across_instances(tmp_path):
     tasks = [Triplet(f"def f(x):\n    return x + {i}", "1", str(1 + i)) for i in range(20)]
-    first, second = TaskBuffer(str(tmp_path / "a.jsonl")), TaskBuffer()
+    first, second = TaskBuffer(Triplet, str(tmp_path / "a.jsonl")), TaskBuffer(Triplet)
     for task in tasks:
         first.add(task)
         second.add(task)
@@ -446,11 +441,11 @@ def test_sampling_is_reproducible_and_identical_across_instances(tmp_path):
     draws_a = [first.sample(6, rng_a) for _ in range(5)]
     draws_b = [second.sample(6, rng_b) for _ in range(5)]
     assert draws_a == draws_b
-    assert TaskBuffer(str(tmp_path / "a.jsonl")).sample(6, random.Random(1234)) == draws_a[0]  # after reload
+    assert TaskBuffer(Triplet, str(tmp_path / "a.jsonl")).sample(6, random.Random(1234)) == draws_a[0]  # after reload
     assert all(len(set(map(id, d))) == 6 for d in draws_a)  # without replacement
     assert len({tuple(map(id, d)) for d in draws_a}) > 1  # the rng state advances
     assert len(first.sample(50, random.Random(0))) == 20  # k capped at len
-    assert TaskBuffer().sample(3, random.Random(0)) == []
+    assert TaskBuffer(Triplet).sample(3, random.Random(0)) == []
     # uniform: every task drawn about equally often
     rng = random.Random(0)
     counts = [0] * 20
