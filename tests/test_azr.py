@@ -1,5 +1,6 @@
 """The training loop: CLI errors, end to end with a scripted sampler, micro-batching, DDP, resume."""
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -13,8 +14,9 @@ import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM
 
 import azr
+import buffers
 import rundir
-from buffers import TaskBuffer
+from buffers import TaskBuffer, Triplet
 from model import ModelConfig, Sample, Transformer, load_model
 from tasks import TASKS
 from trr import trr_advantages
@@ -277,6 +279,57 @@ def test_two_steps_end_to_end(tiny_checkpoint, tmp_path):
         torch.testing.assert_close(reloaded(tokens), model(tokens))
         hf = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint")
         torch.testing.assert_close(hf(tokens).logits, model(tokens), rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- a fourth task type
+def type_name_solver_prompt(task):
+    return ("Name the type of the value this Python function returns for the given input.\n\n"
+            + fence("python", task.program) + "\n" + fence("input", task.input) + "\n\n"
+            "Answer with the type's name:\n<answer>\n" + fence("type", "...") + "\n</answer>")
+
+
+def type_name_check(task, name):
+    """The executor compares what a wrapped f returns, the type name of the task's f(input), with the answer."""
+    wrapped = task.program + "\n\n_f = f\n\n\ndef f(*args, **kwargs):\n    return type(_f(*args, **kwargs)).__name__"
+    return ("check_output", wrapped, task.input, repr(name))
+
+
+# Proposed as deduction is (a program and an input, triplets, seeded with them), solved differently.
+TYPE_NAME = dataclasses.replace(
+    TASKS["deduction"], references_from=("type_name",), solver_prompt=type_name_solver_prompt,
+    parse_solution=functools.partial(buffers.parse_solver_answer, "type",
+                                     lambda name: "" if name.isidentifier() else "not_a_name"),
+    check_call=type_name_check)
+
+
+class TypeNameSampler(ScriptedSampler):
+    """The scripted sampler, answering the type-name prompt too: right and wrong in turn."""
+
+    def respond(self, prompt):
+        task = prompt.rsplit("User:", 1)[1]
+        if "Name the type" not in task:
+            return super().respond(prompt)
+        self.counter += 1
+        blocks = dict(re.findall(r"```(\w+)\n(.*?)\n```", task, re.DOTALL))
+        name = type(run_program(blocks["python"], blocks["input"])).__name__
+        return answer(fence("type", name if self.counter % 2 == 0 else "bytes"))
+
+
+def test_a_fourth_task_type_is_one_record(tiny_checkpoint, tmp_path, monkeypatch):
+    """A toy fourth type, "predict the type name of the output", added to TASKS and nowhere else, runs a
+    self-play step: its proposals are validated and scored, its buffer is seeded and grows, its two
+    groups get their metrics (the same numbers as deduction's: the script alternates as it does there)."""
+    monkeypatch.setitem(TASKS, "type_name", TYPE_NAME)
+    _, tokenizer = load_model(str(tiny_checkpoint))
+    _, buffer_map = azr.train(tiny_config(tiny_checkpoint, tmp_path / "run", steps=1),
+                              sample_fn=TypeNameSampler(tokenizer))
+    [metrics] = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert metrics["type_name/solve/reward"] == pytest.approx(0.25)
+    assert metrics["type_name/solve/solve_rate"] == pytest.approx(0.5)
+    assert metrics["type_name/propose/reward"] == pytest.approx(-0.25)  # valid with s = 0.5, or malformed
+    assert metrics["type_name/propose/validity_rate"] == pytest.approx(0.5)
+    seeded = TaskBuffer(Triplet, str(tmp_path / "run" / "seeds" / "type_name.jsonl"))
+    assert len(seeded) == 3 and len(buffer_map["type_name"]) == metrics["buffer/type_name"] > 3
 
 
 def fixed_rollouts(count=8):
