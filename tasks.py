@@ -12,7 +12,7 @@ of this file, the solver's and the proposer's side by side.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
@@ -124,17 +124,12 @@ DEDUCTION = TaskType(
     check_call=check_output,
 )
 
-ABDUCTION = TaskType(
-    task_class=Triplet,
-    identity_seed=buffers.identity_triplet,
-    seed_phase="triplets",
+# Abduction proposes as deduction does (a program and an input, seeded together with deduction's): only
+# its references, what its proposer aims at, and its solver differ.
+ABDUCTION = replace(
+    DEDUCTION,
     references_from=("abduction",),
-    draw_references=draw_k,
     proposer_prompt=buffers.abduction_proposer_prompt,
-    parse_proposal=buffers.parse_triplet_proposal,
-    proposal_error=nothing_wrong,
-    validation_calls=triplet_validation,
-    make_task=make_triplet,
     solver_prompt=buffers.abduction_solver_prompt,
     parse_solution=partial(buffers.parse_solver_answer, "input", buffers.input_error),
     check_call=check_input,
