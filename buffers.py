@@ -194,7 +194,7 @@ class TaskBuffer:
 #   chat:  the same system line and task in the tokenizer's chat template, the assistant turn opened
 #          with "<think>". Instruct models ignore the plain template (0 of 16 well-formed responses
 #          measured for Qwen2.5-Coder-0.5B-Instruct) but follow their own chat turns.
-# Every task text ends with one short worked example of a complete, well-formed response (our own
+# Every task text has one short worked example of a complete, well-formed response (our own
 # trivial program): small models copy the shape of an example far more reliably than a description.
 
 PROMPT_FORMATS = ("chat", "plain")
@@ -252,8 +252,8 @@ INDUCTION_PROPOSER_EXAMPLE = _example(
     + "\n" + _fence("message", "Think of multiplying a number by itself."))
 
 SOLVER_EXAMPLES = {
-    "deduction": _example("f adds up the lengths of the words. For ['ab', 'cde']: total = 0 + 2 = 2, "
-                          "then 2 + 3 = 5, so it returns 5.",
+    "deduction": _example("f(['ab', 'cde']): total = 0. w = 'ab': total = 0 + 2 = 2. w = 'cde': "
+                          "total = 2 + 3 = 5. The loop ends and f returns 5.",
                           _fence("output", "5")),
     "abduction": _example("f returns the total length of the words. For 5 I need words with 5 letters "
                           "in all, e.g. ['ab', 'cde'].", _fence("input", "['ab', 'cde']")),
@@ -312,11 +312,14 @@ def _triplet_proposer_prompt(goal: str, references: list[Triplet]) -> str:
 
 def deduction_solver_prompt(task: Triplet) -> str:
     """The deduction solver's task text: program and input."""
+    # The example comes first and traces its loop: placed last, or with a one-line summary for its
+    # thinking, the model copied the example's numbers into its own answers (prompt probes, README).
     return (
-        "Predict what this Python function returns for the given input.\n\n"
-        + _fence("python", task.program) + "\n" + _fence("input", task.input) + "\n\n"
-        "Answer with the returned value written as a Python literal:\n"
-        + _answer_format("output", "...") + "\n\n" + SOLVER_EXAMPLES["deduction"])
+        SOLVER_EXAMPLES["deduction"] + "\n\nYour task: Predict what this Python function returns for "
+        "the given input.\n\n" + _fence("python", task.program) + "\n" + _fence("input", task.input)
+        + "\n\nThink step by step: run the code in your head on this input, line by line, and write down "
+        "the values the variables take.\nAnswer with the returned value written as a Python literal:\n"
+        + _answer_format("output", "..."))
 
 
 def abduction_solver_prompt(task: Triplet) -> str:
