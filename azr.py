@@ -136,7 +136,7 @@ class Config:
 CPU_PRESET = dict(steps=6, checkpoint_every=2, batch_size=4, num_references=2, n_solve_samples=4,
                   seed_size=4, seed_max_rounds=2, max_prompt_tokens=1536, max_response_tokens=256,
                   exec_timeout_s=2.0, lr=5e-6, lr_warmup_steps=2, mini_batches=3, entropy_coef=0.0,
-                  micro_batch_size=2, generation_batch_size=48, activation_checkpointing=False)
+                  micro_batch_size=1, generation_batch_size=48, activation_checkpointing=False)
 
 
 def flag_help(config_field):
