@@ -327,9 +327,10 @@ def test_one_mini_batch_gives_the_reinforce_gradient(tiny_checkpoint):
     azr.accumulate_gradients(module, rollouts, batches, advantages, None, num_tokens, 1, cfg, torch.device("cpu"))
     ours = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    for rows in batches:
-        tokens, mask = azr.micro_batch([rollouts[i] for i in rows], torch.device("cpu"))
-        logprobs = model.token_logprobs(tokens, mask)
+    for groups in batches:
+        rows = azr.micro_batch_rows(groups)
+        tokens, mask, prefix = azr.micro_batch(rollouts, groups, torch.device("cpu"))
+        logprobs = model.token_logprobs(tokens, mask, prefix=prefix)
         (-(logprobs * advantages[rows][:, None] * mask).sum() / num_tokens).backward()
     for name, param in model.named_parameters():
         torch.testing.assert_close(ours[name], param.grad, rtol=1e-6, atol=1e-9)

@@ -260,7 +260,7 @@ def shared_prefix_prompts():
 
 def test_shared_prefix_groups():
     prompts = shared_prefix_prompts()
-    groups = M._shared_prefix_groups(prompts)
+    groups = M.shared_prefix_groups(prompts)
     assert sorted(i for _, members in groups for i in members) == list(range(len(prompts)))
     by_prefix = {prefix: sorted(members) for prefix, members in groups if prefix}
     assert by_prefix[30] == [0, 1, 2, 5]  # family a and head + [1]
@@ -283,7 +283,7 @@ def test_shared_prefix_prefill_is_exact(llama, monkeypatch):
             assert (shared[i] - full).abs().max() <= 1e-5, i
     with_sharing = M.generate(ours, prompts, 12, temperature=1.0, n=2, seed=3, logprobs=True)
     monkeypatch.setattr(M, "SHARED_PREFIX_GROUP_COST", 10 ** 9)  # no group ever pays: every prompt in full
-    assert all(prefix == 0 for prefix, _ in M._shared_prefix_groups(prompts))
+    assert all(prefix == 0 for prefix, _ in M.shared_prefix_groups(prompts))
     in_full = M.generate(ours, prompts, 12, temperature=1.0, n=2, seed=3, logprobs=True)
     for a, b in zip(with_sharing, in_full):
         for x, y in zip(a, b):
