@@ -48,9 +48,9 @@ import buffers
 import rundir
 from buffers import ROLES, TASK_TYPES, Rewards
 from executor import BANNED_MODULES, Executor, run_batch_with_progress
-from model import (CPU_DEFAULT_MODEL, EMBEDDED_MODELS, KVCache, SharedPrefix, Transformer, cpu_has_bf16,
-                   default_stop_ids, generate, int8_decoder, int8_decoding_available, load_model,
-                   recorded_prompt_format, refresh_int8_decoder, sample_texts, shared_prefix_groups)
+from model import (CPU_DEFAULT_MODEL, EMBEDDED_MODELS, KVCache, Transformer, cpu_has_bf16, default_stop_ids, generate,
+                   int8_decoder, int8_decoding_available, load_model, recorded_prompt_format, refresh_int8_decoder,
+                   sample_texts, shared_prefix_groups)
 from trr import policy_loss, trr_advantages
 
 
@@ -924,134 +924,84 @@ def sequence_length(rollout):
     return len(rollout.prompt_tokens) + len(rollout.response_tokens)
 
 
-def micro_batch_rows(groups):
-    """A micro-batch's groups -> its rollout indices, in the order of its tensors' rows."""
-    rows = []
-    for _, members in groups:
-        rows += members
-    return rows
-
-
-def micro_batch(rollouts, groups, device):
-    """One micro-batch's groups [(shared prefix length, rollout indices)] -> (tokens (B, T): each row's
-    prompt+response tokens after its group's prefix, right-padded; mask (B, T-1): 1 on the response
-    targets; model.SharedPrefix of its prefixes, or None when no group shares one). Rows are in
-    micro_batch_rows order. Target t of a row is its token t+1, so a row's response targets start at
-    its last prompt token, which no prefix covers (model.shared_prefix_groups leaves every prompt one
-    token of its own)."""
-    prefixes = []  # one per group that shares one: its tokens
-    row_group = []
-    row_length = []
-    for prefix, members in groups:
-        if prefix > 0:
-            row_group += [len(prefixes)] * len(members)
-            prefixes.append(rollouts[members[0]].prompt_tokens[:prefix])
-        else:
-            row_group += [0] * len(members)  # ignored: the row attends to no prefix
-        row_length += [prefix] * len(members)
-    rows = micro_batch_rows(groups)
-    length = max(sequence_length(rollouts[i]) - skipped for i, skipped in zip(rows, row_length))
+def micro_batch(rollouts, prefix, rows, device):
+    """The rollouts `rows`, which share their first `prefix` prompt tokens (0: nothing shared) ->
+    (tokens (B, T): each row's prompt+response tokens after the prefix, right-padded; mask (B, T-1): 1
+    on the response targets; the prefix's tokens (prefix,), or None for 0). Target t of a row is its
+    token t+1, so a row's response targets start at its last prompt token, which the prefix never
+    covers (model.shared_prefix_groups leaves every prompt one token of its own)."""
+    length = max(sequence_length(rollouts[i]) for i in rows) - prefix
     tokens = torch.zeros(len(rows), length, dtype=torch.long)
     mask = torch.zeros(len(rows), length - 1)
-    for row, (i, skipped) in enumerate(zip(rows, row_length)):
+    for row, i in enumerate(rows):
         r = rollouts[i]
-        own = (r.prompt_tokens + r.response_tokens)[skipped:]
+        own = (r.prompt_tokens + r.response_tokens)[prefix:]
         tokens[row, :len(own)] = torch.tensor(own)
-        # the response tokens are own tokens len(prompt)-skipped ..., so targets one before each
-        mask[row, len(r.prompt_tokens) - skipped - 1:len(own) - 1] = 1
-    if not prefixes:
+        # the response is own tokens len(prompt) - prefix ..., so its targets start one before
+        mask[row, len(r.prompt_tokens) - prefix - 1:len(own) - 1] = 1
+    if prefix == 0:
         return tokens.to(device), mask.to(device), None
-    prefix_tokens = torch.zeros(len(prefixes), max(len(p) for p in prefixes), dtype=torch.long)
-    for index, prefix in enumerate(prefixes):
-        prefix_tokens[index, :len(prefix)] = torch.tensor(prefix)
-    shared = SharedPrefix(prefix_tokens.to(device), torch.tensor(row_group, device=device),
-                          torch.tensor(row_length, device=device))
-    return tokens.to(device), mask.to(device), shared
+    return tokens.to(device), mask.to(device), torch.tensor(rollouts[rows[0]].prompt_tokens[:prefix], device=device)
 
 
-def micro_batch_load(rollouts, groups):
-    """-> (tokens one micro-batch runs forward: each shared prefix once plus every row's own tokens,
-    as micro_batch pads them; its rows that share no prefix). A group of one runs without its prefix
-    (micro_batches sets it to 0)."""
-    widths = []
-    own = 0
-    unshared = 0
-    for prefix, members in groups:
-        if len(members) < 2:
-            prefix = 0
-        if prefix > 0:
-            widths.append(prefix)
-        else:
-            unshared += len(members)
-        for i in members:
-            own = max(own, sequence_length(rollouts[i]) - prefix)
-    return len(widths) * max(widths, default=0) + len(micro_batch_rows(groups)) * own, unshared
+def micro_batch_tokens(rollouts, prefix, rows):
+    """The tokens micro_batch's tensors hold: the prefix once, every row's own tokens, padded."""
+    return prefix + len(rows) * max(sequence_length(rollouts[i]) - prefix for i in rows)
 
 
 def micro_batches(rollouts, indices, cfg, logprob_module):
-    """The micro-batches of one mini-batch, at least one (possibly empty); each a list of groups
-    (shared prefix length, [rollout indices]): a group's rollouts share their first `prefix length`
-    prompt tokens, which the forward computes once for all of them (model.Transformer.token_logprobs
-    with a SharedPrefix; 0: no sharing). The groups are the sampler's prefill groups
-    (model.shared_prefix_groups over the prompts): one solver task's rollouts share their whole prompt
-    but its last token, one task type's proposer prompts their instructions and worked example.
+    """The micro-batches of one mini-batch, at least one (possibly empty): (shared prefix length,
+    [rollout indices]), the rollouts sharing their first `prefix length` prompt tokens, which the
+    forward computes once for all of them (model.Transformer.token_logprobs; 0: nothing shared). The
+    groups are the sampler's prefill groups (model.shared_prefix_groups over the prompts): one solver
+    task's rollouts share their whole prompt but its last token, one task type's proposer prompts
+    their instructions and worked example.
 
-    Groups and micro-batches. A micro-batch holds at most micro_batch_size rows that share no prefix
-    (the plain forward's rule, unchanged), and its tokens (micro_batch_load: each prefix once, every
-    row's own tokens, padded) are at most what micro_batch_size rows of the mini-batch's longest
-    sequence are, the most the plain forward runs at once. So the rows of a group go together, more
-    than micro_batch_size of them where they fit, and activation memory stays within the plain
-    forward's (the rows also attend to copies of their prefix's keys and values: per layer
-    2 * kv_heads * head_dim numbers per prefix token and row, far less than a token's activations).
-    Rollouts are taken group by group, each group's shortest first, then those that share nothing,
-    shortest first (less padding); a micro-batch is closed when the next rollout would break either
-    bound, and a group cut there computes its prefix again in the next.
+    Groups and micro-batches. The plain forward runs micro_batch_size rollouts at a time, so at most
+    micro_batch_size times the mini-batch's longest sequence in tokens. A group's rollouts (shortest
+    first) are cut into runs that stay within that many tokens (micro_batch_tokens: the prefix once,
+    every row's own tokens, padded), one micro-batch each, each computing the prefix again. So rows
+    that share a long prefix go together, more than micro_batch_size of them where they fit, and
+    activation memory stays within the plain forward's (the rows also attend to copies of the
+    prefix's keys and values: per layer 2 * kv_heads * head_dim numbers per prefix token and row, far
+    less than a token's activations). One group per micro-batch: putting runs of several groups
+    together would pad the shorter rows to the longer ones' length. A run of one rollout, and the
+    rollouts in no group, share nothing and go micro_batch_size at a time, shortest first.
 
     FSDP gathers a block's weights for each call of it, and the shared forward calls every block twice
-    (prefixes, then rows), so under FSDP nothing is shared (the plain forward), and every rank runs as
+    (prefix, then rows), so under FSDP nothing is shared (the plain forward), and every rank runs as
     many micro-batches as the busiest one."""
     indices = list(indices)
     groups = [(0, list(range(len(indices))))]
     if indices and not isinstance(logprob_module, FSDPModule):
         groups = shared_prefix_groups([rollouts[i].prompt_tokens for i in indices])
-    order = []  # (group number, prefix length, rollout index) in the order micro-batches take them
-    alone = []  # the rollouts that share no prefix
-    for number, (prefix, members) in enumerate(groups):
+    most_tokens = cfg.micro_batch_size * max((sequence_length(rollouts[i]) for i in indices), default=0)
+    batches = []
+    alone = []  # rollouts that share nothing
+    for prefix, members in groups:
         members = sorted((indices[m] for m in members), key=lambda i: sequence_length(rollouts[i]))
         if prefix == 0:
             alone += members
-        else:
-            order += [(number, prefix, i) for i in members]
-    for i in sorted(alone, key=lambda i: sequence_length(rollouts[i])):
-        order.append((-1, 0, i))
-
-    most_tokens = cfg.micro_batch_size * max((sequence_length(rollouts[i]) for i in indices), default=0)
-    batches = []
-    current = []  # groups of the micro-batch being filled
-    previous = None  # group number of its last rollout
-    for number, prefix, i in order:
-        if current and number == previous:
-            grown = current[:-1] + [(prefix, current[-1][1] + [i])]
-        else:
-            grown = current + [(prefix, [i])]
-        tokens, unshared = micro_batch_load(rollouts, grown)
-        if current and (tokens > most_tokens or unshared > cfg.micro_batch_size):
-            batches.append(current)
-            grown = [(prefix, [i])]
-        current = grown
-        previous = number
-    if current:
-        batches.append(current)
-    for batch in batches:  # a prefix computed for one row saves nothing
-        for index, (prefix, members) in enumerate(batch):
-            if len(members) < 2:
-                batch[index] = (0, members)
+            continue
+        runs = [[]]
+        for i in members:
+            if runs[-1] and micro_batch_tokens(rollouts, prefix, runs[-1] + [i]) > most_tokens:
+                runs.append([])
+            runs[-1].append(i)
+        for run in runs:
+            if len(run) == 1:
+                alone += run
+            else:
+                batches.append((prefix, run))
+    alone.sort(key=lambda i: sequence_length(rollouts[i]))
+    for start in range(0, len(alone), cfg.micro_batch_size):
+        batches.append((0, alone[start:start + cfg.micro_batch_size]))
     if not batches:
-        batches = [[]]
+        batches = [(0, [])]
     if isinstance(logprob_module, FSDPModule):
         most = max(all_gather(len(batches)))
         while len(batches) < most:
-            batches.append([])
+            batches.append((0, []))
     return batches
 
 
@@ -1068,11 +1018,11 @@ def old_logprobs(logprob_module, rollouts, batches, cfg, device):
     the training model in the update's precision before any optimizer step of the training step: the
     sampler's copy may run in another precision (int8 decoding, bf16), so its log-probs are not pi_old."""
     result = []
-    for groups in batches:
-        if not groups:
+    for prefix_length, rows in batches:
+        if not rows:
             result.append(None)
             continue
-        tokens, mask, prefix = micro_batch(rollouts, groups, device)
+        tokens, mask, prefix = micro_batch(rollouts, prefix_length, rows, device)
         with update_autocast(cfg, device):
             result.append(logprob_module(tokens, mask, prefix=prefix).float())
     return result
@@ -1092,16 +1042,15 @@ def accumulate_gradients(logprob_module, rollouts, batches, advantages, old, num
     is_ddp = isinstance(logprob_module, torch.nn.parallel.DistributedDataParallel)
     with_entropy = cfg.entropy_coef > 0
     clipped = 0
-    for index, groups in enumerate(batches):
+    for index, (prefix_length, rows) in enumerate(batches):
         if is_ddp and index < len(batches) - 1:
             sync = logprob_module.no_sync()
         else:
             sync = contextlib.nullcontext()
         with sync:  # no_sync must cover the backward too
             with update_autocast(cfg, device):
-                if groups:
-                    tokens, mask, prefix = micro_batch(rollouts, groups, device)
-                    rows = micro_batch_rows(groups)
+                if rows:
+                    tokens, mask, prefix = micro_batch(rollouts, prefix_length, rows, device)
                     if with_entropy:
                         logprobs, entropy = logprob_module(tokens, mask, with_entropy=True, prefix=prefix)
                     else:

@@ -405,19 +405,10 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-@dataclass
-class SharedPrefix:
-    """The prefixes that rows of an update micro-batch share (azr.micro_batch builds it). The rows'
-    tokens given to `Transformer.token_logprobs` are then only what follows each row's prefix."""
-    tokens: torch.Tensor  # (G, P) long: each group's prefix, right-padded to the longest
-    row_group: torch.Tensor  # (B,) long: the prefix that row b continues
-    row_length: torch.Tensor  # (B,) long: that prefix's length; 0: row b shares none (row_group ignored)
-
-
 class PrefixCollector:
     """Stands where a KVCache goes (write_prefill, prefill_mask) in the prefix pass of the update's
-    shared-prefix forward: keeps every layer's prefix keys and values (G, Hkv, P, D), with their
-    autograd graph, and lets the prefixes attend causally to themselves."""
+    shared-prefix forward (`Transformer.token_logprobs`): keeps every layer's prefix keys and values
+    (1, Hkv, P, D), with their autograd graph, and lets the prefix attend causally to itself."""
 
     def __init__(self, num_layers):
         self.k = [None] * num_layers
@@ -433,30 +424,26 @@ class PrefixCollector:
 
 class PrefixContinuation:
     """Stands where a KVCache goes in the rows' pass of the shared-prefix forward, as a KVCache does
-    for a prefill that continues a shared prefix (KVCache.set_prefill with start > 0): each row's
-    tokens attend to its group's prefix keys/values, then causally to its own."""
+    for a prefill that continues a shared prefix (KVCache.set_prefill with start > 0): every row's
+    tokens attend to the whole prefix, then causally to the row's own tokens."""
 
-    def __init__(self, collector, prefix, length):
-        """collector: the PrefixCollector of the prefix pass; prefix: the SharedPrefix; length: the
-        rows' own tokens, T."""
+    def __init__(self, collector, length):
+        """collector: the PrefixCollector of the prefix pass; length: the rows' own tokens, T."""
         self.k = list(collector.k)  # the keys the forward used, whatever a recomputation writes later
         self.v = list(collector.v)
-        self.row_group = prefix.row_group
-        width = prefix.tokens.shape[1]
-        device = prefix.row_group.device
-        sees_prefix = torch.arange(width, device=device)[None, :] < prefix.row_length[:, None]  # (B, P)
-        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()  # (T, T)
-        rows = sees_prefix.shape[0]
-        # (B, 1, T, P + T), broadcast over heads: slot j < P is row b's prefix token j, then its own tokens.
-        self.prefill_mask = torch.cat((sees_prefix[:, None, :].expand(rows, length, width),
-                                       causal.expand(rows, length, length)), dim=2)[:, None]
+        width = self.k[0].shape[2]
+        device = self.k[0].device
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        # (T, P + T): slot j < P is prefix token j, then the row's own tokens.
+        self.prefill_mask = torch.cat((torch.ones(length, width, dtype=torch.bool, device=device), causal), dim=1)
 
     def write_prefill(self, layer, k, v):
-        """k, v (B, Hkv, T, D) of the rows' own tokens -> (B, Hkv, P + T, D): each row's prefix keys
-        and values before its own. The prefix is expanded across its group's rows by indexing, so the
-        backward adds every row's gradient into the one prefix computation."""
-        keys = torch.cat((self.k[layer].index_select(0, self.row_group), k), dim=2)
-        values = torch.cat((self.v[layer].index_select(0, self.row_group), v), dim=2)
+        """k, v (B, Hkv, T, D) of the rows' own tokens -> (B, Hkv, P + T, D): the prefix keys and values
+        before each row's own. The prefix is expanded across the rows, so the backward sums every row's
+        gradient into the one prefix computation."""
+        rows = k.shape[0]
+        keys = torch.cat((self.k[layer].expand(rows, -1, -1, -1), k), dim=2)
+        values = torch.cat((self.v[layer].expand(rows, -1, -1, -1), v), dim=2)
         return keys, values
 
 
@@ -504,10 +491,10 @@ class Transformer(nn.Module):
         mask (B, T-1), optional: only targets where it is non-zero get the lm_head and log-softmax, the
         rest are 0 (the update needs the response tokens only, a fraction of each sequence).
         with_entropy: also return the entropy of pi at each target position, (B, T-1) fp32.
-        prefix (SharedPrefix), optional: row b of `tokens` is what follows its prefix (so its
-        positions start at prefix.row_length[b]), and each prefix is computed once for all its rows
-        (_shared_prefix_hidden). Its targets are row b's own tokens after the first: a prefix token is
-        never a target, so a row must keep every token it needs a log-prob for, and the one before.
+        prefix (P,) long, optional: tokens that every row continues, computed once for all of them
+        (_shared_prefix_hidden); `tokens` is then what follows it, at positions P.., and its targets are
+        the rows' own tokens after the first (a prefix token is never a target, so a row must keep
+        every token it needs a log-prob for, and the one before).
         The lm_head + log-softmax run over chunks of `chunk_size` targets, each under activation
         checkpointing, so at most one chunk's logits exist at a time, forward or backward."""
         batch, length = tokens.shape
@@ -539,22 +526,20 @@ class Transformer(nn.Module):
         return logprobs
 
     def _shared_prefix_hidden(self, tokens, prefix):
-        """tokens (B, T), each row what follows its prefix -> its hidden states (B, T, hidden), equal to
-        those of the row's full sequence. The prefixes run first as a batch of their own (one row per
-        group), keeping every layer's keys/values with their autograd graph; then the rows run at their
-        own positions, attending to their group's prefix and then causally to themselves, as vLLM's
-        prefix caching does for sampling (and `_prefill` here). Only the keys/values of the prefix
-        pass are used: its last layer's attention output and MLP are computed for nothing, 1/layers
-        of the prefix's forward, and get no backward."""
+        """tokens (B, T), each row what follows `prefix` (P,) -> the rows' hidden states (B, T, hidden),
+        equal to those of their full sequences. The prefix runs first (batch 1), keeping every layer's
+        keys/values with their autograd graph; then the rows run at positions P.., attending to the
+        prefix and then causally to themselves, as vLLM's prefix caching does for sampling (and
+        `_prefill` here). Only the prefix pass's keys/values are used: its last layer's attention
+        output and MLP are computed for nothing (1/layers of the prefix's forward) and get no backward."""
         device = tokens.device
-        collector = PrefixCollector(self.config.num_layers)
-        cos, sin = self.rope(torch.arange(prefix.tokens.shape[1], device=device))
-        self.hidden(prefix.tokens, cos, sin, collector)
+        width = prefix.shape[0]
         length = tokens.shape[1]
-        positions = prefix.row_length[:, None] + torch.arange(length, device=device)  # (B, T)
-        cos, sin = self.rope(positions)  # (B, T, head_dim): each row at its own positions
-        continuation = PrefixContinuation(collector, prefix, length)
-        return self.hidden(tokens, cos[:, None], sin[:, None], continuation)
+        collector = PrefixCollector(self.config.num_layers)
+        cos, sin = self.rope(torch.arange(width, device=device))
+        self.hidden(prefix[None], cos, sin, collector)
+        cos, sin = self.rope(torch.arange(width, width + length, device=device))
+        return self.hidden(tokens, cos, sin, PrefixContinuation(collector, length))
 
     def _chunk_logprobs(self, h, targets, with_entropy):
         """-> log-probs of `targets` (n,) and, with_entropy, the entropy of each row's distribution (else

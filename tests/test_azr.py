@@ -328,9 +328,8 @@ def test_one_mini_batch_gives_the_reinforce_gradient(tiny_checkpoint):
     azr.accumulate_gradients(module, rollouts, batches, advantages, None, num_tokens, 1, cfg, torch.device("cpu"))
     ours = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    for groups in batches:
-        rows = azr.micro_batch_rows(groups)
-        tokens, mask, prefix = azr.micro_batch(rollouts, groups, torch.device("cpu"))
+    for prefix_length, rows in batches:
+        tokens, mask, prefix = azr.micro_batch(rollouts, prefix_length, rows, torch.device("cpu"))
         logprobs = model.token_logprobs(tokens, mask, prefix=prefix)
         (-(logprobs * advantages[rows][:, None] * mask).sum() / num_tokens).backward()
     for name, param in model.named_parameters():
@@ -394,9 +393,8 @@ def update_pass(model, rollouts, cfg):
     old = azr.old_logprobs(module, rollouts, batches, cfg, device)
     per_rollout = {}
     moved = []
-    for groups, old_logprobs in zip(batches, old):
-        rows = azr.micro_batch_rows(groups)
-        _, mask, _ = azr.micro_batch(rollouts, groups, device)
+    for (prefix_length, rows), old_logprobs in zip(batches, old):
+        _, mask, _ = azr.micro_batch(rollouts, prefix_length, rows, device)
         for row, i in enumerate(rows):
             per_rollout[i] = old_logprobs[row][mask[row] > 0]
         shift = torch.tensor([0.3 if i % 2 == 0 else -0.3 for i in rows])[:, None]
@@ -426,16 +424,14 @@ def test_shared_prefix_update_equals_the_plain_update(monkeypatch, entropy_coef)
         return len(rollouts[i].prompt_tokens) + len(rollouts[i].response_tokens)
 
     by_length = sorted(range(len(rollouts)), key=length)
-    assert [azr.micro_batch_rows(groups) for groups in plain_batches] == [by_length[k:k + 2] for k in range(0, 12, 2)]
-    # each solver task's rollouts share its prompt but the last token, the proposers their instructions
-    prefixes = sorted((prefix, sorted(members)) for groups in shared_batches for prefix, members in groups if prefix)
-    assert prefixes == [(17, [7, 8]), (24, [3, 4, 5, 6]), (40, [0, 1, 2])]
-    assert sorted(i for groups in shared_batches for i in azr.micro_batch_rows(groups)) == list(range(len(rollouts)))
+    assert plain_batches == [(0, by_length[k:k + 2]) for k in range(0, 12, 2)]
+    # each solver task's rollouts share its prompt but the last token, the proposers their instructions;
+    # the lone solver task and the two unrelated proposers share nothing
+    assert sorted((prefix, sorted(rows)) for prefix, rows in shared_batches) == [
+        (0, [9]), (0, [10, 11]), (17, [7, 8]), (24, [3, 4, 5, 6]), (40, [0, 1, 2])]
     most_tokens = 2 * max(length(i) for i in range(len(rollouts)))
-    for groups in shared_batches:
-        tokens, unshared = azr.micro_batch_load(rollouts, groups)
-        assert tokens <= most_tokens and unshared <= 2
-    assert len(shared_batches) < len(plain_batches)
+    for prefix, rows in shared_batches:
+        assert azr.micro_batch_tokens(rollouts, prefix, rows) <= most_tokens
 
     for i in range(len(rollouts)):
         assert shared_old[i].shape == (len(rollouts[i].response_tokens),)

@@ -291,77 +291,52 @@ def test_shared_prefix_prefill_is_exact(llama, monkeypatch):
             assert max(abs(p - q) for p, q in zip(x.logprobs, y.logprobs)) <= 1e-5
 
 
-def shared_prefix_rows():
-    """Sequences in groups as the update sees them -> (sequences, prefix length of each, group of each,
-    prefixes): a group of three sharing 30 tokens, one of two sharing 10 (their rows differ after),
-    a group of one that still takes the shared path, and two rows that share nothing (prefix 0)."""
-    head = random_prompts([30], seed=5)[0]
-    sequences = [head + tail for tail in random_prompts([7, 3, 12], seed=6)]
-    sequences += [head[:10] + tail for tail in random_prompts([16, 9], seed=7)]
-    sequences += [random_prompts([20], seed=8)[0]]
-    sequences += random_prompts([14, 5], seed=9)
-    prefix_lengths = [30, 30, 30, 10, 10, 12, 0, 0]
-    groups = [0, 0, 0, 1, 1, 2, 0, 0]
-    prefixes = [head, head[:10], sequences[5][:12]]
-    return sequences, prefix_lengths, groups, prefixes
-
-
 @pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3"])
 @pytest.mark.parametrize("activation_checkpointing", [False, True])
 def test_shared_prefix_logprobs_and_gradients_are_exact(tmp_path, family, activation_checkpointing):
-    """The update's shared-prefix forward (each prefix once, the rows attending to its keys/values)
+    """The update's shared-prefix forward (the prefix once, the rows attending to its keys/values)
     gives every target the log-prob and entropy of the plain full forward (fp32, <= 1e-5), and the
-    parameters the same gradient (relative error <= 1e-5 per tensor)."""
+    parameters the same gradient (relative error <= 1e-5 per tensor): for three rows of different
+    lengths after a 30-token prefix, and for one."""
     save_tiny(family, tmp_path)
     ours, _ = M.load_model(str(tmp_path))
     ours.train()
     ours.activation_checkpointing = activation_checkpointing
-    sequences, prefix_lengths, groups, prefixes = shared_prefix_rows()
-    weights = torch.randn(len(sequences), 64, generator=torch.Generator().manual_seed(4))
-
-    def run(tokens, mask, first_target, prefix=None):
-        """-> (per row: log-probs and entropies of the targets after its prefix, which start at column
-        `first_target[row]`; the gradients)."""
-        ours.zero_grad()
-        logprobs, entropy = ours.token_logprobs(tokens, mask, with_entropy=True, prefix=prefix)
-        per_row = []
-        loss = 0
-        for row, sequence in enumerate(sequences):
-            count = len(sequence) - 1 - prefix_lengths[row]
-            targets = slice(first_target[row], first_target[row] + count)
-            loss = loss + (logprobs[row, targets] * weights[row, :count]).sum() + entropy[row, targets].sum()
-            per_row.append((logprobs[row, targets].detach(), entropy[row, targets].detach()))
-        loss.backward()
-        return per_row, {name: p.grad.clone() for name, p in ours.named_parameters()}
-
-    # plain: whole sequences, the targets after each row's prefix
-    full = torch.zeros(len(sequences), max(map(len, sequences)), dtype=torch.long)
-    full_mask = torch.zeros(len(sequences), full.shape[1] - 1)
-    for row, (sequence, skipped) in enumerate(zip(sequences, prefix_lengths)):
-        full[row, :len(sequence)] = torch.tensor(sequence)
-        full_mask[row, skipped:len(sequence) - 1] = 1
-    plain, plain_grads = run(full, full_mask, prefix_lengths)
-    # shared: each row's tokens after its prefix, the prefixes once
-    width = max(len(s) - p for s, p in zip(sequences, prefix_lengths))
-    own = torch.zeros(len(sequences), width, dtype=torch.long)
-    own_mask = torch.zeros(len(sequences), width - 1)
-    for row, (sequence, skipped) in enumerate(zip(sequences, prefix_lengths)):
-        own[row, :len(sequence) - skipped] = torch.tensor(sequence[skipped:])
-        own_mask[row, :len(sequence) - skipped - 1] = 1
-    prefix_tokens = torch.zeros(len(prefixes), 30, dtype=torch.long)
-    for index, prefix in enumerate(prefixes):
-        prefix_tokens[index, :len(prefix)] = torch.tensor(prefix)
-    prefix = M.SharedPrefix(prefix_tokens, torch.tensor(groups), torch.tensor(prefix_lengths))
-    shared, shared_grads = run(own, own_mask, [0] * len(sequences), prefix)
+    prefix = random_prompts([30], seed=5)[0]
+    weights = torch.randn(3, 64, generator=torch.Generator().manual_seed(4))
+    for tails in (random_prompts([7, 3, 12], seed=6), random_prompts([9], seed=7)):
+        # plain: the whole sequences, the targets after the prefix
+        full = torch.zeros(len(tails), 30 + max(map(len, tails)), dtype=torch.long)
+        full_mask = torch.zeros(len(tails), full.shape[1] - 1)
+        own = torch.zeros(len(tails), max(map(len, tails)), dtype=torch.long)
+        own_mask = torch.zeros(len(tails), own.shape[1] - 1)
+        for row, tail in enumerate(tails):
+            full[row, :30 + len(tail)] = torch.tensor(prefix + tail)
+            full_mask[row, 30:30 + len(tail) - 1] = 1
+            own[row, :len(tail)] = torch.tensor(tail)
+            own_mask[row, :len(tail) - 1] = 1
+        results = []
+        for tokens, mask, first, shared in ((full, full_mask, 30, None), (own, own_mask, 0, torch.tensor(prefix))):
+            ours.zero_grad()
+            logprobs, entropy = ours.token_logprobs(tokens, mask, with_entropy=True, prefix=shared)
+            per_row = []
+            loss = 0
+            for row, tail in enumerate(tails):
+                targets = slice(first, first + len(tail) - 1)
+                weighted = (logprobs[row, targets] * weights[row, :len(tail) - 1]).sum()
+                loss = loss + weighted + entropy[row, targets].sum()
+                per_row.append((logprobs[row, targets].detach(), entropy[row, targets].detach()))
+            loss.backward()
+            results.append((per_row, {name: p.grad.clone() for name, p in ours.named_parameters()}))
+        (plain, plain_grads), (shared, shared_grads) = results
+        for (a, entropy_a), (b, entropy_b) in zip(plain, shared):
+            assert a.shape == b.shape and a.numel() > 0
+            assert (a - b).abs().max() <= 1e-5 and (entropy_a - entropy_b).abs().max() <= 1e-5
+        for name, grad in plain_grads.items():
+            assert grad.norm() > 0, name
+            assert (shared_grads[name] - grad).norm() <= 1e-5 * grad.norm(), name
     ours.activation_checkpointing = False
     ours.eval()
-
-    for (a, entropy_a), (b, entropy_b) in zip(plain, shared):
-        assert a.shape == b.shape and a.numel() > 0
-        assert (a - b).abs().max() <= 1e-5 and (entropy_a - entropy_b).abs().max() <= 1e-5
-    for name, grad in plain_grads.items():
-        assert grad.norm() > 0, name
-        assert (shared_grads[name] - grad).norm() <= 1e-5 * grad.norm(), name
 
 
 @pytest.mark.skipif(not M.int8_decoding_available(), reason="this torch has no fbgemm int8 GEMM")
