@@ -1034,7 +1034,7 @@ def _round_up(value, multiple):
     return (value + multiple - 1) // multiple * multiple
 
 
-SHARED_PREFIX_GROUP_COST = 16  # tokens a group's extra prefix forward (prefill or update) is worth, when choosing groups
+SHARED_PREFIX_GROUP_COST = 16  # tokens a group's extra prefix forward (prefill, update) is worth, in choosing groups
 
 
 def _common_prefix_length(a, b):
@@ -1048,8 +1048,8 @@ def shared_prefix_groups(prompts):
     """-> [(prefix length, [prompt indices])]: groups of prompts that share their first `prefix length`
     tokens (0 for a prompt alone), so `_prefill` computes those tokens once per group, as vLLM's prefix
     caching and SGLang's RadixAttention do; the update groups its rollouts' prompts with it too
-    (azr.micro_batches, `Transformer.token_logprobs`). The prompts are sorted by their tokens, which puts prompts
-    with long common prefixes next to each other (the chat header, the instructions and the worked
+    (azr.micro_batches, `Transformer.token_logprobs`). The prompts are sorted by their tokens, which
+    puts prompts with long common prefixes next to each other (the chat header, the instructions and the worked
     example of one task type), and the sorted list is cut into the runs that save the most prefill
     tokens: a run of g prompts sharing p tokens saves (g - 1) * p (dynamic programming over cut points;
     a run's shared part always leaves each member at least one token of its own)."""
