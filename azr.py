@@ -51,7 +51,7 @@ import rundir
 from executor import BANNED_MODULES, Executor, flatten, run_batch_with_progress, run_grouped
 from model import (CPU_DEFAULT_MODEL, EMBEDDED_MODELS, KVCache, Transformer, cpu_has_bf16, default_stop_ids, generate,
                    int8_decoder, int8_decoding_available, load_model, recorded_prompt_format, refresh_int8_decoder,
-                   sample_texts)
+                   sample_texts, shared_prefix_groups)
 from tasks import (ROLES, TASKS, Rewards, proposer_reward, reference_pool, score_proposals, score_solutions,
                    solver_reward)
 from trr import policy_loss, trr_advantages
@@ -844,8 +844,8 @@ class TokenLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens, mask=None, with_entropy=False):
-        return self.model.token_logprobs(tokens, mask, with_entropy=with_entropy)
+    def forward(self, tokens, mask=None, with_entropy=False, prefix=None):
+        return self.model.token_logprobs(tokens, mask, with_entropy=with_entropy, prefix=prefix)
 
 
 def shard_model(logprob_module, device, world):
@@ -913,36 +913,88 @@ def mini_batch_slices(count, mini_batches):
     return slices
 
 
-def micro_batch(rollouts, device):
-    """Right-padded prompt+response tokens (B, T) and the response mask over targets (B, T-1)."""
-    length = max(len(r.prompt_tokens) + len(r.response_tokens) for r in rollouts)
-    tokens = torch.zeros(len(rollouts), length, dtype=torch.long)
-    mask = torch.zeros(len(rollouts), length - 1)
-    for row, r in enumerate(rollouts):
-        sequence = r.prompt_tokens + r.response_tokens
-        tokens[row, :len(sequence)] = torch.tensor(sequence)
-        # target t is token t+1, so the response tokens are targets len(prompt)-1 ... len(sequence)-2
-        mask[row, len(r.prompt_tokens) - 1:len(sequence) - 1] = 1
-    return tokens.to(device), mask.to(device)
+def sequence_length(rollout):
+    return len(rollout.prompt_tokens) + len(rollout.response_tokens)
+
+
+def micro_batch(rollouts, prefix, rows, device):
+    """The rollouts `rows`, which share their first `prefix` prompt tokens (0: nothing shared) ->
+    (tokens (B, T): each row's prompt+response tokens after the prefix, right-padded; mask (B, T-1): 1
+    on the response targets; the prefix's tokens (prefix,), or None for 0). Target t of a row is its
+    token t+1, so a row's response targets start at its last prompt token, which the prefix never
+    covers (model.shared_prefix_groups leaves every prompt one token of its own)."""
+    length = max(sequence_length(rollouts[i]) for i in rows) - prefix
+    tokens = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length - 1)
+    for row, i in enumerate(rows):
+        r = rollouts[i]
+        own = (r.prompt_tokens + r.response_tokens)[prefix:]
+        tokens[row, :len(own)] = torch.tensor(own)
+        # the response is own tokens len(prompt) - prefix ..., so its targets start one before
+        mask[row, len(r.prompt_tokens) - prefix - 1:len(own) - 1] = 1
+    if prefix == 0:
+        return tokens.to(device), mask.to(device), None
+    return tokens.to(device), mask.to(device), torch.tensor(rollouts[rows[0]].prompt_tokens[:prefix], device=device)
+
+
+def micro_batch_tokens(rollouts, prefix, rows):
+    """The tokens micro_batch's tensors hold: the prefix once, every row's own tokens, padded."""
+    return prefix + len(rows) * max(sequence_length(rollouts[i]) - prefix for i in rows)
 
 
 def micro_batches(rollouts, indices, cfg, logprob_module):
-    """The micro-batches of one mini-batch: lists of rollout indices, similar lengths together (less
-    padding); at least one list, possibly empty. FSDP gathers each block's weights in every
-    micro-batch, so there every rank runs as many micro-batches as the busiest one."""
-    def sequence_length(i):
-        return len(rollouts[i].prompt_tokens) + len(rollouts[i].response_tokens)
+    """The micro-batches of one mini-batch, at least one (possibly empty): (shared prefix length,
+    [rollout indices]), the rollouts sharing their first `prefix length` prompt tokens, which the
+    forward computes once for all of them (model.Transformer.token_logprobs; 0: nothing shared). The
+    groups are the sampler's prefill groups (model.shared_prefix_groups over the prompts): one solver
+    task's rollouts share their whole prompt but its last token, one task type's proposer prompts
+    their instructions and worked example.
 
-    order = sorted(indices, key=sequence_length)
+    Groups and micro-batches. The plain forward runs micro_batch_size rollouts at a time, so at most
+    micro_batch_size times the mini-batch's longest sequence in tokens. A group's rollouts (shortest
+    first) are cut into runs that stay within that many tokens (micro_batch_tokens: the prefix once,
+    every row's own tokens, padded), one micro-batch each, each computing the prefix again. So rows
+    that share a long prefix go together, more than micro_batch_size of them where they fit, and
+    activation memory stays within the plain forward's (the rows also attend to copies of the
+    prefix's keys and values: per layer 2 * kv_heads * head_dim numbers per prefix token and row, far
+    less than a token's activations). One group per micro-batch: putting runs of several groups
+    together would pad the shorter rows to the longer ones' length. A run of one rollout, and the
+    rollouts in no group, share nothing and go micro_batch_size at a time, shortest first.
+
+    FSDP gathers a block's weights for each call of it, and the shared forward calls every block twice
+    (prefix, then rows), so under FSDP nothing is shared (the plain forward), and every rank runs as
+    many micro-batches as the busiest one."""
+    indices = list(indices)
+    groups = [(0, list(range(len(indices))))]
+    if indices and not isinstance(logprob_module, FSDPModule):
+        groups = shared_prefix_groups([rollouts[i].prompt_tokens for i in indices])
+    most_tokens = cfg.micro_batch_size * max((sequence_length(rollouts[i]) for i in indices), default=0)
     batches = []
-    for start in range(0, len(order), cfg.micro_batch_size):
-        batches.append(order[start:start + cfg.micro_batch_size])
+    alone = []  # rollouts that share nothing
+    for prefix, members in groups:
+        members = sorted((indices[m] for m in members), key=lambda i: sequence_length(rollouts[i]))
+        if prefix == 0:
+            alone += members
+            continue
+        runs = [[]]
+        for i in members:
+            if runs[-1] and micro_batch_tokens(rollouts, prefix, runs[-1] + [i]) > most_tokens:
+                runs.append([])
+            runs[-1].append(i)
+        for run in runs:
+            if len(run) == 1:
+                alone += run
+            else:
+                batches.append((prefix, run))
+    alone.sort(key=lambda i: sequence_length(rollouts[i]))
+    for start in range(0, len(alone), cfg.micro_batch_size):
+        batches.append((0, alone[start:start + cfg.micro_batch_size]))
     if not batches:
-        batches = [[]]
+        batches = [(0, [])]
     if isinstance(logprob_module, FSDPModule):
         most = max(all_gather(len(batches)))
         while len(batches) < most:
-            batches.append([])
+            batches.append((0, []))
     return batches
 
 
@@ -959,13 +1011,13 @@ def old_logprobs(logprob_module, rollouts, batches, cfg, device):
     the training model in the update's precision before any optimizer step of the training step: the
     sampler's copy may run in another precision (int8 decoding, bf16), so its log-probs are not pi_old."""
     result = []
-    for rows in batches:
+    for prefix_length, rows in batches:
         if not rows:
             result.append(None)
             continue
-        tokens, mask = micro_batch([rollouts[i] for i in rows], device)
+        tokens, mask, prefix = micro_batch(rollouts, prefix_length, rows, device)
         with update_autocast(cfg, device):
-            result.append(logprob_module(tokens, mask).float())
+            result.append(logprob_module(tokens, mask, prefix=prefix).float())
     return result
 
 
@@ -983,7 +1035,7 @@ def accumulate_gradients(logprob_module, rollouts, batches, advantages, old, num
     is_ddp = isinstance(logprob_module, torch.nn.parallel.DistributedDataParallel)
     with_entropy = cfg.entropy_coef > 0
     clipped = 0
-    for index, rows in enumerate(batches):
+    for index, (prefix_length, rows) in enumerate(batches):
         if is_ddp and index < len(batches) - 1:
             sync = logprob_module.no_sync()
         else:
@@ -991,11 +1043,11 @@ def accumulate_gradients(logprob_module, rollouts, batches, advantages, old, num
         with sync:  # no_sync must cover the backward too
             with update_autocast(cfg, device):
                 if rows:
-                    tokens, mask = micro_batch([rollouts[i] for i in rows], device)
+                    tokens, mask, prefix = micro_batch(rollouts, prefix_length, rows, device)
                     if with_entropy:
-                        logprobs, entropy = logprob_module(tokens, mask, with_entropy=True)
+                        logprobs, entropy = logprob_module(tokens, mask, with_entropy=True, prefix=prefix)
                     else:
-                        logprobs = logprob_module(tokens, mask)
+                        logprobs = logprob_module(tokens, mask, prefix=prefix)
                         entropy = None
                     logprobs = logprobs.float()
                     if old is None:

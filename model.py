@@ -351,8 +351,8 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache=None, positions=None):
         """x (B, T, hidden) -> (B, T, hidden). Without `positions`: the whole sequence (training, or a
-        prefill that also writes `cache`). With `positions` (B,): decode one token per row at those
-        slots of `cache`."""
+        prefill that also writes `cache`; `cache` may also be the update's PrefixCollector or
+        PrefixContinuation). With `positions` (B,): decode one token per row at those slots of `cache`."""
         B, T, _ = x.shape
         H = self.heads
         Hkv = self.kv_heads
@@ -366,7 +366,7 @@ class Attention(nn.Module):
         if positions is None:
             if cache is not None:
                 k, v = cache.write_prefill(self.layer, k, v)
-            if cache is not None and cache.prefill_start > 0:
+            if cache is not None and cache.prefill_mask is not None:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.prefill_mask, enable_gqa=True)
             else:
                 # Right-padded batches need only the causal mask: padding comes after every real token.
@@ -405,6 +405,48 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+class PrefixCollector:
+    """Stands where a KVCache goes (write_prefill, prefill_mask) in the prefix pass of the update's
+    shared-prefix forward (`Transformer.token_logprobs`): keeps every layer's prefix keys and values
+    (1, Hkv, P, D), with their autograd graph, and lets the prefix attend causally to itself."""
+
+    def __init__(self, num_layers):
+        self.k = [None] * num_layers
+        self.v = [None] * num_layers
+        self.prefill_mask = None
+
+    def write_prefill(self, layer, k, v):
+        # Under activation checkpointing the backward's recomputation writes again: the same values.
+        self.k[layer] = k
+        self.v[layer] = v
+        return k, v
+
+
+class PrefixContinuation:
+    """Stands where a KVCache goes in the rows' pass of the shared-prefix forward, as a KVCache does
+    for a prefill that continues a shared prefix (KVCache.set_prefill with start > 0): every row's
+    tokens attend to the whole prefix, then causally to the row's own tokens."""
+
+    def __init__(self, collector, length):
+        """collector: the PrefixCollector of the prefix pass; length: the rows' own tokens, T."""
+        self.k = list(collector.k)  # the keys the forward used, whatever a recomputation writes later
+        self.v = list(collector.v)
+        width = self.k[0].shape[2]
+        device = self.k[0].device
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        # (T, P + T): slot j < P is prefix token j, then the row's own tokens.
+        self.prefill_mask = torch.cat((torch.ones(length, width, dtype=torch.bool, device=device), causal), dim=1)
+
+    def write_prefill(self, layer, k, v):
+        """k, v (B, Hkv, T, D) of the rows' own tokens -> (B, Hkv, P + T, D): the prefix keys and values
+        before each row's own. The prefix is expanded across the rows, so the backward sums every row's
+        gradient into the one prefix computation."""
+        rows = k.shape[0]
+        keys = torch.cat((self.k[layer].expand(rows, -1, -1, -1), k), dim=2)
+        values = torch.cat((self.v[layer].expand(rows, -1, -1, -1), v), dim=2)
+        return keys, values
+
+
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -426,14 +468,15 @@ class Transformer(nn.Module):
 
     def hidden(self, tokens, cos, sin, cache=None, positions=None):
         """tokens (B, T) -> final-normed hidden states (B, T, hidden). cos/sin broadcast to (B, H, T, D).
-        `cache` and `positions`: see KVCache (prefill: a cache, no positions; decode: both)."""
+        `cache` and `positions`: see KVCache (prefill: a cache, no positions; decode: both), or for the
+        update's shared-prefix forward a PrefixCollector / PrefixContinuation and no positions."""
         dtype = _compute_dtype(self)
         cos = cos.to(dtype)
         sin = sin.to(dtype)
         x = self.embed(tokens)
         for block in self.blocks:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, cache, use_reentrant=False)
             else:
                 x = block(x, cos, sin, cache, positions)
         return self.norm(x)
@@ -443,16 +486,23 @@ class Transformer(nn.Module):
         cos, sin = self.rope(torch.arange(tokens.shape[1], device=tokens.device))
         return self.lm_head(self.hidden(tokens, cos, sin))
 
-    def token_logprobs(self, tokens, mask=None, chunk_size=2048, with_entropy=False):
+    def token_logprobs(self, tokens, mask=None, chunk_size=2048, with_entropy=False, prefix=None):
         """(B, T) -> (B, T-1) fp32: log pi(tokens[:, t+1] | tokens[:, :t+1]). Differentiable.
         mask (B, T-1), optional: only targets where it is non-zero get the lm_head and log-softmax, the
         rest are 0 (the update needs the response tokens only, a fraction of each sequence).
         with_entropy: also return the entropy of pi at each target position, (B, T-1) fp32.
+        prefix (P,) long, optional: tokens that every row continues, computed once for all of them
+        (_shared_prefix_hidden); `tokens` is then what follows it, at positions P.., and its targets are
+        the rows' own tokens after the first (a prefix token is never a target, so a row must keep
+        every token it needs a log-prob for, and the one before).
         The lm_head + log-softmax run over chunks of `chunk_size` targets, each under activation
         checkpointing, so at most one chunk's logits exist at a time, forward or backward."""
         batch, length = tokens.shape
-        cos, sin = self.rope(torch.arange(length, device=tokens.device))
-        h = self.hidden(tokens, cos, sin)[:, :-1]  # (B, T-1, hidden)
+        if prefix is None:
+            cos, sin = self.rope(torch.arange(length, device=tokens.device))
+            h = self.hidden(tokens, cos, sin)[:, :-1]  # (B, T-1, hidden)
+        else:
+            h = self._shared_prefix_hidden(tokens, prefix)[:, :-1]
         if mask is None:
             mask = torch.ones(batch, length - 1, dtype=torch.bool, device=tokens.device)
         where = mask.nonzero(as_tuple=True)
@@ -474,6 +524,22 @@ class Transformer(nn.Module):
         if with_entropy:
             return logprobs, entropy
         return logprobs
+
+    def _shared_prefix_hidden(self, tokens, prefix):
+        """tokens (B, T), each row what follows `prefix` (P,) -> the rows' hidden states (B, T, hidden),
+        equal to those of their full sequences. The prefix runs first (batch 1), keeping every layer's
+        keys/values with their autograd graph; then the rows run at positions P.., attending to the
+        prefix and then causally to themselves, as vLLM's prefix caching does for sampling (and
+        `_prefill` here). Only the prefix pass's keys/values are used: its last layer's attention
+        output and MLP are computed for nothing (1/layers of the prefix's forward) and get no backward."""
+        device = tokens.device
+        width = prefix.shape[0]
+        length = tokens.shape[1]
+        collector = PrefixCollector(self.config.num_layers)
+        cos, sin = self.rope(torch.arange(width, device=device))
+        self.hidden(prefix[None], cos, sin, collector)
+        cos, sin = self.rope(torch.arange(width, width + length, device=device))
+        return self.hidden(tokens, cos, sin, PrefixContinuation(collector, length))
 
     def _chunk_logprobs(self, h, targets, with_entropy):
         """-> log-probs of `targets` (n,) and, with_entropy, the entropy of each row's distribution (else
@@ -968,7 +1034,7 @@ def _round_up(value, multiple):
     return (value + multiple - 1) // multiple * multiple
 
 
-SHARED_PREFIX_GROUP_COST = 16  # tokens a group's extra prefix forward is worth, when choosing groups
+SHARED_PREFIX_GROUP_COST = 16  # tokens a group's extra prefix forward (prefill, update) is worth, in choosing groups
 
 
 def _common_prefix_length(a, b):
@@ -978,11 +1044,12 @@ def _common_prefix_length(a, b):
     return length
 
 
-def _shared_prefix_groups(prompts):
+def shared_prefix_groups(prompts):
     """-> [(prefix length, [prompt indices])]: groups of prompts that share their first `prefix length`
     tokens (0 for a prompt alone), so `_prefill` computes those tokens once per group, as vLLM's prefix
-    caching and SGLang's RadixAttention do. The prompts are sorted by their tokens, which puts prompts
-    with long common prefixes next to each other (the chat header, the instructions and the worked
+    caching and SGLang's RadixAttention do; the update groups its rollouts' prompts with it too
+    (azr.micro_batches, `Transformer.token_logprobs`). The prompts are sorted by their tokens, which
+    puts prompts with long common prefixes next to each other (the chat header, the instructions and the worked
     example of one task type), and the sorted list is cut into the runs that save the most prefill
     tokens: a run of g prompts sharing p tokens saves (g - 1) * p (dynamic programming over cut points;
     a run's shared part always leaves each member at least one token of its own)."""
@@ -1024,13 +1091,13 @@ def _shared_prefix_groups(prompts):
 def _prefill(model, prompts, cache):
     """Write every prompt's keys/values into its n rows of `cache` -> next-token logits (rows, vocab) fp32.
 
-    A shared prefix is computed once per group (_shared_prefix_groups) and written to every member's
+    A shared prefix is computed once per group (shared_prefix_groups) and written to every member's
     rows; then the members' own tokens are prefilled after it, attending to it. Members are taken
     shortest first, in chunks of at most PREFILL_TOKENS padded tokens, so chunks pad little."""
     device = model.embed.weight.device
     lengths = [len(p) for p in prompts]
     logits = torch.empty(len(prompts), model.config.vocab_size, device=device)
-    for prefix, members in _shared_prefix_groups(prompts):
+    for prefix, members in shared_prefix_groups(prompts):
         if prefix > 0:
             cache.set_prefill(torch.tensor(members, device=device))
             prefix_tokens = torch.tensor([prompts[members[0]][:prefix]], device=device)

@@ -112,7 +112,13 @@ def instrument(profile, azr, model_module):
     timed(profile, model_module.Transformer, "hidden", hidden_row)
     timed(profile, model_module, "_decode_logits", lambda a, k, r: (f"{profile.phase}: decode", a[2].shape[0]))
     timed(profile, azr.TimedExecutor, "run_batch", lambda a, k, r: (f"{profile.phase}: execution", 0))
-    timed(profile, azr.TokenLogprobs, "forward", lambda a, k, r: ("update: forward", a[1].numel()))
+    def forward_row(args, kwargs, result):
+        """TokenLogprobs.forward(self, tokens, mask=None, with_entropy=False, prefix=None): the rows' tokens
+        plus, with a shared prefix (trees since the shared-prefix update), the prefix once."""
+        prefix = kwargs.get("prefix")
+        return "update: forward", args[1].numel() + (0 if prefix is None else prefix.numel())
+
+    timed(profile, azr.TokenLogprobs, "forward", forward_row)
     timed(profile, azr, "policy_update", lambda a, k, r: ("update: total", 0))
     timed(profile, azr.torch.optim.AdamW, "step", lambda a, k, r: ("update: optimizer", 0))
     if hasattr(azr.Sampler, "refresh"):

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 import azr
 import buffers
+import model as model_module
 import rundir
 from buffers import TaskBuffer, Triplet
 from model import ModelConfig, Sample, Transformer, load_model
@@ -382,9 +383,9 @@ def test_one_mini_batch_gives_the_reinforce_gradient(tiny_checkpoint):
     azr.accumulate_gradients(module, rollouts, batches, advantages, None, num_tokens, 1, cfg, torch.device("cpu"))
     ours = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    for rows in batches:
-        tokens, mask = azr.micro_batch([rollouts[i] for i in rows], torch.device("cpu"))
-        logprobs = model.token_logprobs(tokens, mask)
+    for prefix_length, rows in batches:
+        tokens, mask, prefix = azr.micro_batch(rollouts, prefix_length, rows, torch.device("cpu"))
+        logprobs = model.token_logprobs(tokens, mask, prefix=prefix)
         (-(logprobs * advantages[rows][:, None] * mask).sum() / num_tokens).backward()
     for name, param in model.named_parameters():
         torch.testing.assert_close(ours[name], param.grad, rtol=1e-6, atol=1e-9)
@@ -409,6 +410,92 @@ def test_mini_batches_take_one_adamw_step_each():
     assert azr.mini_batch_slices(7, 3) == [[0, 1], [2, 3], [4, 5, 6]]
 
 
+def shared_prefix_rollouts():
+    """Rollouts shaped like a step's: three proposer prompts of one type sharing their instructions
+    (40 tokens), a solver task's four rollouts sharing its whole prompt, another's two, a solver task
+    alone, and two prompts that share nothing; responses of different lengths, rewards that differ
+    within each (type, role) group."""
+    generator = torch.Generator().manual_seed(1)
+
+    def tokens(count):
+        return torch.randint(0, 49152, (count,), generator=generator).tolist()
+
+    prompts = []
+    instructions = tokens(40)
+    for tail in (12, 20, 9):
+        prompts.append(("deduction", "propose", instructions + tokens(tail)))
+    for task_type, length, count in (("deduction", 25, 4), ("abduction", 18, 2), ("induction", 30, 1)):
+        prompt = tokens(length)
+        prompts += [(task_type, "solve", prompt)] * count
+    prompts += [("abduction", "propose", tokens(33)), ("induction", "propose", tokens(21))]
+    rollouts = []
+    for index, (task_type, role, prompt) in enumerate(prompts):
+        rollouts.append(azr.Rollout(task_type, role, prompt, tokens(3 + (index * 7) % 11), "",
+                                    reward=float(index % 3) - 1.0))
+    return rollouts
+
+
+def update_pass(model, rollouts, cfg):
+    """pi_old and the clipped-surrogate gradient of one mini-batch over `rollouts`, as policy_update
+    runs them -> (micro-batches, {rollout index: its response tokens' pi_old}, {name: gradient}). The
+    gradient is taken against pi_old moved by +0.3 on even rollouts and -0.3 on odd ones, so that
+    some tokens are clipped."""
+    module = azr.TokenLogprobs(model)
+    device = torch.device("cpu")
+    advantages = trr_advantages([r.reward for r in rollouts], [r.group for r in rollouts])
+    num_tokens = sum(len(r.response_tokens) for r in rollouts)
+    batches = azr.micro_batches(rollouts, range(len(rollouts)), cfg, module)
+    old = azr.old_logprobs(module, rollouts, batches, cfg, device)
+    per_rollout = {}
+    moved = []
+    for (prefix_length, rows), old_logprobs in zip(batches, old):
+        _, mask, _ = azr.micro_batch(rollouts, prefix_length, rows, device)
+        for row, i in enumerate(rows):
+            per_rollout[i] = old_logprobs[row][mask[row] > 0]
+        shift = torch.tensor([0.3 if i % 2 == 0 else -0.3 for i in rows])[:, None]
+        moved.append(old_logprobs + shift)
+    model.zero_grad(set_to_none=True)
+    clipped = azr.accumulate_gradients(module, rollouts, batches, advantages, moved, num_tokens, 1, cfg, device)
+    assert clipped > 0
+    return batches, per_rollout, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.01])
+def test_shared_prefix_update_equals_the_plain_update(monkeypatch, entropy_coef):
+    """The update with shared prefixes (model.shared_prefix_groups' groups, each prefix run once) gives
+    pi_old equal to the plain forward's (<= 1e-5) and the same gradient (relative error <= 1e-5 per
+    parameter tensor); its micro-batches keep each group together within the bounds micro_batches
+    states, and the plain ones are micro_batch_size rollouts in length order, as before."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_layers=2,
+                                    num_heads=4, num_kv_heads=2, head_dim=8))
+    rollouts = shared_prefix_rollouts()
+    cfg = azr.Config(micro_batch_size=2, entropy_coef=entropy_coef)
+    shared_batches, shared_old, shared_grads = update_pass(model, rollouts, cfg)
+    monkeypatch.setattr(model_module, "SHARED_PREFIX_GROUP_COST", 10 ** 9)  # no group pays: the plain forward
+    plain_batches, plain_old, plain_grads = update_pass(model, rollouts, cfg)
+
+    def length(i):
+        return len(rollouts[i].prompt_tokens) + len(rollouts[i].response_tokens)
+
+    by_length = sorted(range(len(rollouts)), key=length)
+    assert plain_batches == [(0, by_length[k:k + 2]) for k in range(0, 12, 2)]
+    # each solver task's rollouts share its prompt but the last token, the proposers their instructions;
+    # the lone solver task and the two unrelated proposers share nothing
+    assert sorted((prefix, sorted(rows)) for prefix, rows in shared_batches) == [
+        (0, [9]), (0, [10, 11]), (17, [7, 8]), (24, [3, 4, 5, 6]), (40, [0, 1, 2])]
+    most_tokens = 2 * max(length(i) for i in range(len(rollouts)))
+    for prefix, rows in shared_batches:
+        assert azr.micro_batch_tokens(rollouts, prefix, rows) <= most_tokens
+
+    for i in range(len(rollouts)):
+        assert shared_old[i].shape == (len(rollouts[i].response_tokens),)
+        assert (shared_old[i] - plain_old[i]).abs().max() <= 1e-5
+    for name, grad in plain_grads.items():
+        assert grad.norm() > 0, name
+        assert (shared_grads[name] - grad).norm() <= 1e-5 * grad.norm(), name
+
+
 # ----------------------------------------------------------------------------- two ranks (gloo)
 def ddp_worker(rank, world, port, checkpoint, out, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
@@ -417,10 +504,11 @@ def ddp_worker(rank, world, port, checkpoint, out, results):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         model, tokenizer = load_model(str(checkpoint))
-        grads = gradient(model, torch.nn.parallel.DistributedDataParallel(azr.TokenLogprobs(model)),
-                         fixed_rollouts(), world, micro_batch_size=2)
+        module = torch.nn.parallel.DistributedDataParallel(azr.TokenLogprobs(model))
+        grads = gradient(model, module, fixed_rollouts(), world, micro_batch_size=2)
+        shared_grads = gradient(model, module, shared_prefix_rollouts(), world, micro_batch_size=2)
         trained, buffer_map = azr.train(tiny_config(checkpoint, out, steps=1), sample_fn=ScriptedSampler(tokenizer))
-        torch.save({"grads": grads, "params": trained.state_dict(),
+        torch.save({"grads": grads, "shared_grads": shared_grads, "params": trained.state_dict(),
                     "buffers": {t: [vars(task) for task in buffer_map[t]] for t in TASKS}},
                    os.path.join(results, f"rank{rank}.pt"))
     finally:
@@ -436,11 +524,15 @@ def test_two_ranks_gloo(tiny_checkpoint, tmp_path):
         assert torch.equal(value, ranks[1]["params"][name]), name
     assert ranks[0]["buffers"] == ranks[1]["buffers"]
     assert len(ranks[0]["buffers"]["deduction"]) > 1
-    # the two-rank gradient equals the single-process gradient of the same rollouts
+    # the two-rank gradient equals the single-process gradient of the same rollouts, also where
+    # rollouts share prompt prefixes (each rank's groups are its share of them)
     model, _ = load_model(str(tiny_checkpoint))
     single = gradient(model, azr.TokenLogprobs(model), fixed_rollouts(), 1, micro_batch_size=8)
     for name, value in single.items():
         torch.testing.assert_close(ranks[0]["grads"][name], value, rtol=1e-4, atol=1e-7)
+    single = gradient(model, azr.TokenLogprobs(model), shared_prefix_rollouts(), 1, micro_batch_size=8)
+    for name, value in single.items():
+        torch.testing.assert_close(ranks[0]["shared_grads"][name], value, rtol=1e-4, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- resume

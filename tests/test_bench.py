@@ -12,7 +12,7 @@ from tasks import ROLES, TASKS
 from test_model import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHES = ["sampler.py", "memory.py", "executor.py", "prompts.py", "gpu_check.py", "step_profile.py"]
+BENCHES = ["sampler.py", "memory.py", "executor.py", "prompts.py", "gpu_check.py", "step_profile.py", "update.py"]
 
 
 def run_bench(name, *args, timeout=240):
@@ -119,3 +119,15 @@ def test_bench_step_profile_tiny_run(tiny_checkpoint):
         seconds[name] = float(seconds[name])
     parts = seconds["propose (wall)"] + seconds["solve (wall)"] + seconds["update: optimizer"]
     assert seconds["step (wall, without checkpoint)"] >= parts > 0
+
+
+@pytest.mark.slow
+def test_bench_update_tiny_run(tiny_checkpoint):
+    """The shared-prefix update against the plain one on small rollouts of a tiny random model: the
+    shared mode runs fewer tokens."""
+    out = run_bench("update.py", "--model", tiny_checkpoint, "--threads", 1, "--proposers", 2,
+                    "--proposer-prompt", "40,40,30", "--proposer-prefix", "30,20,10", "--tasks", 1,
+                    "--solver-group", 3, "--solver-prompt", 20, "--response", 8)
+    tokens = {row[0]: int(row[1]) for row in table_rows(out) if row[0] in ("plain", "shared")}
+    assert set(tokens) == {"plain", "shared"}
+    assert 0 < tokens["shared"] < tokens["plain"]
