@@ -392,6 +392,23 @@ def test_one_mini_batch_gives_the_reinforce_gradient(tiny_checkpoint):
     assert any(g.abs().sum() > 0 for g in ours.values())
 
 
+def test_cpu_sampler_decodes_the_trained_weights():
+    """On CPU in the trained weights' dtype the sampler decodes the trained model itself, so an update
+    reaches it with nothing copied; in another dtype it gets its own copy, refreshed after an update."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                                    num_heads=4, num_kv_heads=2, head_dim=8))
+    cpu = torch.device("cpu")
+    assert azr.sampler_model(model, cpu, torch.float32) is model
+    copy = azr.sampler_model(model, cpu, torch.bfloat16)
+    assert copy is not model
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    assert not torch.equal(copy.lm_head.weight, model.lm_head.weight.bfloat16())
+    azr.refresh_sampler_model(copy, model)
+    assert torch.equal(copy.lm_head.weight, model.lm_head.weight.bfloat16())
+
+
 def test_mini_batches_take_one_adamw_step_each():
     """--mini-batches 3: three optimizer steps in one training step; after the first, ratios move away
     from 1, and with a large lr some tokens are clipped."""
