@@ -404,9 +404,10 @@ def sampler_model(model, device, dtype=None):
     more (2 GB for the default model) and a copy after every update."""
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    same_weights = device.type == "cpu" and not isinstance(model, FSDPModule)
-    if same_weights and all(param.dtype == dtype for param in model.parameters()):
-        return model
+    if device.type == "cpu":
+        sharded = any(isinstance(param, DTensor) for param in model.parameters())
+        if not sharded and all(param.dtype == dtype for param in model.parameters()):
+            return model
     with torch.device("meta"):
         copy = Transformer(model.config)
     copy = copy.to(dtype).to_empty(device=device)

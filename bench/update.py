@@ -52,18 +52,19 @@ def make_rollouts(args, vocab_size):
     def response():
         return tokens(int(torch.randint(args.response // 2, 3 * args.response // 2 + 1, (1,), generator=generator)))
 
+    def reward():
+        return float(len(rollouts) % 3) - 1.0  # every group's rewards differ: no advantage is 0
+
     rollouts = []
     for task_type in TASK_TYPES:
         instructions = tokens(args.proposer_prefix[task_type])
         for _ in range(args.proposers):
             prompt = instructions + tokens(args.proposer_prompt[task_type] - len(instructions))
-            rollouts.append(azr.Rollout(task_type, "propose", prompt, response(), ""))
+            rollouts.append(azr.Rollout(task_type, "propose", prompt, response(), "", reward()))
         for _ in range(args.tasks):
             prompt = tokens(args.solver_prompt)
             for _ in range(args.solver_group):
-                rollouts.append(azr.Rollout(task_type, "solve", prompt, response(), ""))
-    for index, rollout in enumerate(rollouts):
-        rollout.reward = float(index % 3) - 1.0  # every group's rewards differ: no advantage is 0
+                rollouts.append(azr.Rollout(task_type, "solve", prompt, response(), "", reward()))
     return rollouts
 
 
