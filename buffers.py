@@ -252,9 +252,6 @@ INDUCTION_PROPOSER_EXAMPLE = _example(
     + "\n" + _fence("message", "Think of multiplying a number by itself."))
 
 SOLVER_EXAMPLES = {
-    "deduction": _example("f(['ab', 'cde']): total = 0. w = 'ab': total = 0 + 2 = 2. w = 'cde': "
-                          "total = 2 + 3 = 5. The loop ends and f returns 5.",
-                          _fence("output", "5")),
     "abduction": _example("f returns the total length of the words. For 5 I need words with 5 letters "
                           "in all, e.g. ['ab', 'cde'].", _fence("input", "['ab', 'cde']")),
     "induction": _example("Every output is 3 more than its input.", _fence("python", "def f(x):\n    return x + 3")),
@@ -312,14 +309,17 @@ def _triplet_proposer_prompt(goal: str, references: list[Triplet]) -> str:
 
 def deduction_solver_prompt(task: Triplet) -> str:
     """The deduction solver's task text: program and input."""
-    # The example comes first and traces its loop: placed last, or with a one-line summary for its
-    # thinking, the model copied the example's numbers into its own answers (prompt probes, README).
+    # No worked example: with one, the model copied the example's trace and numbers into its answers,
+    # and training made that worse (README, "Prompts the model follows"). The response's shape is shown
+    # with placeholders instead, and "a few short steps" keeps the thinking inside the token limit.
     return (
-        SOLVER_EXAMPLES["deduction"] + "\n\nYour task: Predict what this Python function returns for "
-        "the given input.\n\n" + _fence("python", task.program) + "\n" + _fence("input", task.input)
-        + "\n\nThink step by step: run the code in your head on this input, line by line, and write down "
-        "the values the variables take.\nAnswer with the returned value written as a Python literal:\n"
-        + _answer_format("output", "..."))
+        "Predict what this Python function returns for the given input.\n\n" + _fence("python", task.program)
+        + "\n" + _fence("input", task.input) + "\n\n"
+        "Think step by step: run the code in your head on this input, line by line, and write down the "
+        "values the variables take.\nThink it through in a few short steps, then close your thinking with "
+        "</think>.\nAnswer with the returned value written as a Python literal:\n" + _answer_format("output", "...")
+        + "\n\nA complete response looks like this:\n<think> your short reasoning </think>\n"
+        + _answer_format("output", "(the returned value)"))
 
 
 def abduction_solver_prompt(task: Triplet) -> str:

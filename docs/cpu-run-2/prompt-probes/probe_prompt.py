@@ -1,4 +1,4 @@
-"""The deduction-solver prompt probes of README "Learning on a CPU": variants v0-v4 of the prompt on
+"""The deduction-solver prompt probes of README "Learning on a CPU": variants v0-v7 of the prompt on
 data/cruxeval-50.jsonl (our own sample, not the problems the claim is checked on), answers decoded with the
 int8 decoder for speed. Run from the repository root:
     python docs/cpu-run-2/prompt-probes/probe_prompt.py v3 /tmp/v3.json 2
@@ -38,8 +38,17 @@ def v3(task):
     return EXAMPLE_TRACE + "\n\nYour task: " + task_block(task) + TRACE + ANSWER
 def v4(task):
     return task_block(task) + TRACE + ANSWER + "\n\n" + EXAMPLE_TRACE
+BRIEF = "Think it through in a few short steps, then close your thinking with </think>.\n"
+SKELETON = ("\n\nA complete response looks like this:\n<think> your short reasoning </think>\n"
+            + _answer_format("output", "(the returned value)"))
+def v5(task):
+    return task_block(task) + BRIEF + ANSWER
+def v6(task):
+    return task_block(task) + BRIEF + ANSWER + SKELETON
+def v7(task):
+    return task_block(task) + TRACE + BRIEF + ANSWER + SKELETON
 
-variant_prompt = {"v0": v0, "v1": v1, "v2": v2, "v3": v3, "v4": v4}[variant]
+variant_prompt = {"v0": v0, "v1": v1, "v2": v2, "v3": v3, "v4": v4, "v5": v5, "v6": v6, "v7": v7}[variant]
 ev.BENCHMARKS["cruxeval-o"] = dataclasses.replace(
     ev.BENCHMARKS["cruxeval-o"], prompt=lambda problem: variant_prompt(Triplet(problem["code"], problem["input"], "")))
 original = model.sample_texts
