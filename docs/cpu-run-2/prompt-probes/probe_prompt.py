@@ -1,8 +1,10 @@
 """The deduction-solver prompt probes of README "Learning on a CPU": variants v0-v7 of the prompt on
 data/cruxeval-50.jsonl (our own sample, not the problems the claim is checked on), answers decoded with the
 int8 decoder for speed. Run from the repository root:
-    python docs/cpu-run-2/prompt-probes/probe_prompt.py v3 /tmp/v3.json 2
-v0 was the prompt then; v3 is the one kept (buffers.deduction_solver_prompt)."""
+    python docs/cpu-run-2/prompt-probes/probe_prompt.py VARIANT OUT.json [ANSWERS [MODEL]]
+    python docs/cpu-run-2/prompt-probes/probe_prompt.py v7 /tmp/v7.json 4
+v0 was the prompt then; v7 is the one kept (buffers.deduction_solver_prompt). MODEL (default the embedded
+model) may be a run's checkpoint directory, for a quick int8 look at a checkpoint."""
 import os
 import sys
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
@@ -13,6 +15,7 @@ from buffers import Triplet, _fence, _answer_format
 
 variant, out = sys.argv[1], sys.argv[2]
 n = sys.argv[3] if len(sys.argv) > 3 else "2"
+model_name = sys.argv[4] if len(sys.argv) > 4 else "qwen2.5-coder-0.5b-instruct"
 
 def task_block(task):
     return ("Predict what this Python function returns for the given input.\n\n"
@@ -59,6 +62,6 @@ def with_int8(m, *a, **k):
     k["decoder"] = decoders[id(m)]
     return original(m, *a, **k)
 model.sample_texts = with_int8
-ev.main(["--bench", "cruxeval-o", "--data", os.path.join(ROOT, "data", "cruxeval-50.jsonl"), "--model", "qwen2.5-coder-0.5b-instruct",
+ev.main(["--bench", "cruxeval-o", "--data", os.path.join(ROOT, "data", "cruxeval-50.jsonl"), "--model", model_name,
          "--n", n, "--temperature", "1.0", "--max-new-tokens", "256", "--seed", "0", "--out", out,
          "--batch-size", "25", "--workers", "1"])
