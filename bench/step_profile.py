@@ -172,8 +172,12 @@ def run_once(args):
         with open(os.path.join(cfg.out, "metrics.jsonl")) as f:
             metrics = [json.loads(line) for line in f]
     sampled = sum(m["tokens_per_s"] * m["time/sampling"] for m in metrics)
+    # the response tokens the update trains on: every group's mean response length x its rollouts
+    groups = [key for key in metrics[0] if key.endswith("/response_length")]
+    trained = sum((m.get(key) or 0) * cfg.batch_size for m in metrics for key in groups)
     return {"code": args.code, "threads": torch.get_num_threads(), "limits": limits, "seconds": profile.seconds,
             "tokens": profile.tokens, "calls": profile.calls, "params": params, "embedding": embedding, "sampled_tokens": sampled,
+            "trained_tokens": trained,
             "int8_decode": bool(getattr(cfg, "int8_decode", False))}
 
 
@@ -239,6 +243,8 @@ def print_table(results, title):
     step = statistics.median(rows[-1][1] for rows in per_run)
     sampled = statistics.median(r["sampled_tokens"] for r in results)
     print(f"{'seconds per sampled token':<34}{step / max(1, sampled):>10.3f}")
+    trained = statistics.median(r["trained_tokens"] for r in results)
+    print(f"{'seconds per trained token':<34}{step / max(1, trained):>10.3f}")
     return step
 
 
